@@ -1,0 +1,143 @@
+"""Everything a person (or a script) sees.
+
+Each thing that happens is one event with a name and fields. With --json it
+is printed as one JSON object per line; otherwise as a line for people.
+Everything that came from the network is hostile when printed: escape
+sequences in chat text or file names could rewrite the terminal (croc
+CVE-2023-43620), and bidi overrides can make `exe.pdf` read as `pdf.exe`.
+`visible()` turns every control, format and bidi character into a visible
+escape such as `\\x1b` or `\\u202e`, and leaves ordinary text (Chinese,
+emoji) as itself. JSON output is ASCII-only, so it is safe to print too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import unicodedata
+from typing import Any, TextIO
+
+from . import frames
+from .transfer import human_size
+
+_HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def visible(text: str) -> str:
+    """`text` with every character that is not plain visible text escaped."""
+    out = []
+    for ch in text:
+        if ch == " " or unicodedata.category(ch) not in _HIDDEN_CATEGORIES:
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+def _short_hash(sha256: str) -> str:
+    return f"{sha256[:4]}…{sha256[-4:]}"
+
+
+def _render(event: str, f: dict[str, Any]) -> str | None:
+    """The human line for an event, with every network-supplied string made visible."""
+    v = {k: visible(x) if isinstance(x, str) else x for k, x in f.items()}
+    match event:
+        case "listening":
+            return f"securechat server listening on {v['host']}:{v['port']} as {v['name']} (TLS 1.3, client certificates required)"
+        case "connected":
+            return f"connected to {v['peer']} as {v['name']} (TLS 1.3). Type /help for commands."
+        case "joined":
+            return f"* {v['name']} joined"
+        case "left":
+            reason = f" ({v['reason']})" if v.get("reason") else ""
+            return f"* {v['name']} left{reason}"
+        case "message":
+            target = f" → {v['to']}" if v.get("to") else ""
+            return f"<{v['from']}{target}> {v['text']}"
+        case "who":
+            return "* here: " + ", ".join(visible(n) for n in f["names"])
+        case "file_sending":
+            to = ", ".join(visible(n) for n in f["to"]) or "nobody"
+            return f"→ sending {v['name']} ({human_size(f['size'])}) to {to}"
+        case "file_received":
+            return (f"✓ {v['name']} {human_size(f['size'])} from {v['from']}, "
+                    f"SHA-256 {_short_hash(f['sha256'])} verified, saved {v['path']}")
+        case "file_rejected":
+            return f"✗ {v['name']} from {v['from']} rejected: {v['reason']}"
+        case "file_delivered":
+            return f"✓ {v['name']} delivered to {v['to']}, SHA-256 {_short_hash(f['sha256'])} verified"
+        case "file_failed":
+            who = f" to {v['to']}" if v.get("to") else ""
+            return f"✗ {v['name']} not delivered{who}: {v['reason']}"
+        case "refused":
+            return f"* refused a connection from {v['peer']}: {v['reason']}"
+        case "notice":
+            return f"* {v['text']}"
+        case "disconnected":
+            return f"* disconnected: {v['reason']}"
+        case "shutdown":
+            return f"* server shutting down: {v['reason']}"
+        case "help":
+            return f["text"]
+        case _:
+            return f"* {event}: " + ", ".join(f"{k}={x}" for k, x in v.items())
+
+
+class Console:
+    """Prints events; safe to call from any thread."""
+
+    def __init__(self, json_mode: bool = False, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.json_mode = json_mode
+        self._out = out or sys.stdout
+        self._err = err or sys.stderr
+        self._lock = threading.Lock()
+
+    def event(self, event: str, **fields: Any) -> None:
+        if self.json_mode:
+            line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, ensure_ascii=True)
+            stream = self._out
+        else:
+            line = _render(event, fields)
+            if line is None:
+                return
+            stream = self._out
+        with self._lock:
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # whoever reads our output has gone; keep running
+
+    def error(self, message: str) -> None:
+        """A problem the local user should see; on stderr in human mode."""
+        if self.json_mode:
+            self.event("error", message=message)
+            return
+        with self._lock:
+            try:
+                self._err.write(f"error: {visible(message)}\n")
+                self._err.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+
+
+def show_message(console: Console, message: frames.Frame) -> bool:
+    """Report a room message (chat, arrivals, departures...); False if it is not one."""
+    match message:
+        case frames.Chat():
+            console.event("message", **{"from": message.sender}, text=message.text, to=message.to)
+        case frames.Joined():
+            console.event("joined", name=message.name)
+        case frames.Left():
+            console.event("left", name=message.name, reason=message.reason)
+        case frames.Who(names=names) if names is not None:
+            console.event("who", names=names)
+        case frames.Notice():
+            console.event("notice", text=message.text)
+        case _:
+            return False
+    return True

@@ -1,0 +1,395 @@
+"""The securechat wire format: pure bytes in, messages out; no I/O here.
+
+Like h11 and wsproto, this module never touches a socket, a thread or a file,
+so it can be fed whole buffers, single bytes or random garbage in tests. The
+only exception it raises for bad input is RemoteProtocolError (from the
+decoder) and LocalProtocolError (from the encoders, for our own mistakes).
+
+A frame is a 5-byte header, `kind:u8 length:u32 big-endian`, then `length`
+bytes of payload. Two kinds exist:
+
+* CONTROL (0x01): a UTF-8 JSON object with a "type" key, at most 64 KiB.
+* CHUNK (0x02): `transfer_id:u32` then up to 1 MiB of file data.
+
+The length is checked against the kind's maximum as soon as the header has
+arrived, before any payload is buffered, so a hostile length costs nothing.
+docs/protocol.md is the contract this module implements.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar, Union
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+ALPN_PROTOCOL = "securechat/1"
+
+HEADER = struct.Struct(">BI")
+CHUNK_ID = struct.Struct(">I")
+KIND_CONTROL = 0x01
+KIND_CHUNK = 0x02
+
+MAX_CONTROL_PAYLOAD = 64 * 1024
+MAX_CHUNK_DATA = 1024 * 1024
+MAX_CHUNK_PAYLOAD = CHUNK_ID.size + MAX_CHUNK_DATA
+CHUNK_HEADER_SIZE = HEADER.size + CHUNK_ID.size
+
+MAX_TEXT_BYTES = 8 * 1024  # one chat line, UTF-8 encoded
+MAX_NAME_BYTES = 1024  # a file name as offered; the receiver sanitises it to <= 255
+MAX_IDENTITY_BYTES = 64  # a certificate identity (user name)
+MAX_REASON_BYTES = 1024
+MAX_MEMBERS = 10_000  # names in one "who" or "recipients" list
+MAX_TRANSFER_ID = 2**32 - 1
+MAX_FILE_SIZE = 2**63 - 1
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+# --------------------------------------------------------------------------- #
+# Field validation. Each message field names a check; the decoder runs it on
+# every value, so a message object that exists is a message that is valid.
+
+
+def _text(limit: int):
+    def check(value: Any) -> bool:
+        return isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) <= limit
+
+    return check
+
+
+def _uint(limit: int):
+    def check(value: Any) -> bool:
+        # bool is an int in Python; the wire says number, so refuse true/false.
+        return type(value) is int and 0 <= value <= limit
+
+    return check
+
+
+def _is_bool(value: Any) -> bool:
+    return type(value) is bool
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
+
+
+def _names(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) <= MAX_MEMBERS
+        and all(_text(MAX_IDENTITY_BYTES)(v) for v in value)
+    )
+
+
+def _optional(check):
+    def optional(value: Any) -> bool:
+        return value is None or check(value)
+
+    return optional
+
+
+def _f(check, default: Any = MISSING, wire: str | None = None):
+    """A message field: its validity check, default, and its JSON key if not its name."""
+    return field(default=default, metadata={"check": check, "wire": wire})
+
+
+_identity = _text(MAX_IDENTITY_BYTES)
+_reason = _text(MAX_REASON_BYTES)
+_tid = _uint(MAX_TRANSFER_ID)
+
+
+# --------------------------------------------------------------------------- #
+# Messages. `sender` travels as "from": only the server sets it, from the
+# author's certificate; the server ignores it in anything a client sends.
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First frame in each direction."""
+
+    TYPE: ClassVar[str] = "hello"
+    version: int = _f(_uint(2**16))
+    software: str = _f(_text(256), "")
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Server to client, right after the server's hello: who you are, who is here."""
+
+    TYPE: ClassVar[str] = "welcome"
+    you: str = _f(_identity)
+    server: str = _f(_identity)
+    members: list = _f(_names)
+
+
+@dataclass(frozen=True)
+class Chat:
+    TYPE: ClassVar[str] = "chat"
+    text: str = _f(_text(MAX_TEXT_BYTES))
+    to: str | None = _f(_optional(_identity), None)
+    sender: str | None = _f(_optional(_identity), None, wire="from")
+
+
+@dataclass(frozen=True)
+class Offer:
+    """Announces a file; CHUNK frames with the same id follow, then End."""
+
+    TYPE: ClassVar[str] = "offer"
+    id: int = _f(_tid)
+    name: str = _f(_text(MAX_NAME_BYTES))
+    size: int = _f(_uint(MAX_FILE_SIZE))
+    to: str | None = _f(_optional(_identity), None)
+    sender: str | None = _f(_optional(_identity), None, wire="from")
+
+
+@dataclass(frozen=True)
+class End:
+    """All chunks of a transfer were sent; sha256 covers every byte of them."""
+
+    TYPE: ClassVar[str] = "end"
+    id: int = _f(_tid)
+    sha256: str = _f(_is_sha256)
+
+
+@dataclass(frozen=True)
+class Abort:
+    """The sender gives up on a transfer (or the server tells a sender to stop)."""
+
+    TYPE: ClassVar[str] = "abort"
+    id: int = _f(_tid)
+    reason: str = _f(_reason, "")
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Server to sender: stop sending your transfer `id`; nobody is receiving it any more."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: int = _f(_tid)
+    reason: str = _f(_reason, "")
+
+
+@dataclass(frozen=True)
+class Recipients:
+    """Server to sender: who this transfer goes to; one Result per name follows."""
+
+    TYPE: ClassVar[str] = "recipients"
+    id: int = _f(_tid)
+    names: list = _f(_names)
+
+
+@dataclass(frozen=True)
+class Result:
+    """A recipient's verdict on a transfer. `sender` names the recipient when relayed."""
+
+    TYPE: ClassVar[str] = "result"
+    id: int = _f(_tid)
+    ok: bool = _f(_is_bool)
+    sha256: str | None = _f(_optional(_is_sha256), None)
+    reason: str = _f(_reason, "")
+    sender: str | None = _f(_optional(_identity), None, wire="from")
+
+
+@dataclass(frozen=True)
+class Who:
+    """Client asks with names=None; the server answers with the list."""
+
+    TYPE: ClassVar[str] = "who"
+    names: list | None = _f(_optional(_names), None)
+
+
+@dataclass(frozen=True)
+class Joined:
+    TYPE: ClassVar[str] = "joined"
+    name: str = _f(_identity)
+
+
+@dataclass(frozen=True)
+class Left:
+    TYPE: ClassVar[str] = "left"
+    name: str = _f(_identity)
+    reason: str = _f(_reason, "")
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Server to client: a request of yours could not be done (the connection stays)."""
+
+    TYPE: ClassVar[str] = "notice"
+    text: str = _f(_reason)
+
+
+@dataclass(frozen=True)
+class Bye:
+    """The sender is closing the connection on purpose; the reason is for people."""
+
+    TYPE: ClassVar[str] = "bye"
+    reason: str = _f(_reason, "")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """File data of one transfer. Not a JSON message: it has its own frame kind."""
+
+    id: int
+    data: bytes | memoryview
+
+
+Message = Union[Hello, Welcome, Chat, Offer, End, Abort, Cancel, Recipients, Result, Who, Joined, Left, Notice, Bye]
+MESSAGE_TYPES: dict[str, type] = {
+    cls.TYPE: cls
+    for cls in (Hello, Welcome, Chat, Offer, End, Abort, Cancel, Recipients, Result, Who, Joined, Left, Notice, Bye)
+}
+Frame = Union[Message, Chunk]
+
+
+# --------------------------------------------------------------------------- #
+# Encoding
+
+
+def _wire_name(f) -> str:
+    return f.metadata.get("wire") or f.name
+
+
+def encode(message: Message) -> bytes:
+    """One CONTROL frame for `message`; None-valued optional fields are left out."""
+    obj: dict[str, Any] = {"type": message.TYPE}
+    for f in fields(message):
+        value = getattr(message, f.name)
+        if value is None:
+            continue
+        if not f.metadata["check"](value):
+            raise LocalProtocolError(f"{message.TYPE}.{_wire_name(f)} is not valid: {value!r:.80}")
+        obj[_wire_name(f)] = value
+    payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(payload) > MAX_CONTROL_PAYLOAD:
+        raise LocalProtocolError(f"{message.TYPE} message is {len(payload)} bytes, over the {MAX_CONTROL_PAYLOAD} limit")
+    return HEADER.pack(KIND_CONTROL, len(payload)) + payload
+
+
+def chunk_header(transfer_id: int, data_length: int) -> bytes:
+    """The 9 bytes that precede `data_length` bytes of file data in a CHUNK frame.
+
+    Exposed so a sender can read file data straight into a buffer after the
+    header instead of concatenating (one copy fewer per MiB on the hot path).
+    """
+    if not 0 <= transfer_id <= MAX_TRANSFER_ID:
+        raise LocalProtocolError(f"transfer id {transfer_id} out of range")
+    if not 0 < data_length <= MAX_CHUNK_DATA:
+        raise LocalProtocolError(f"chunk of {data_length} bytes is outside 1..{MAX_CHUNK_DATA}")
+    return HEADER.pack(KIND_CHUNK, CHUNK_ID.size + data_length) + CHUNK_ID.pack(transfer_id)
+
+
+def encode_chunk(transfer_id: int, data: bytes | memoryview) -> bytes:
+    return chunk_header(transfer_id, len(data)) + data
+
+
+# --------------------------------------------------------------------------- #
+# Decoding
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise RemoteProtocolError("control message has a duplicate key")
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise RemoteProtocolError(f"control message contains {name}, which JSON does not allow")
+
+
+def parse_control(payload: bytes) -> Message:
+    """Parse and validate one CONTROL payload into its message object."""
+    try:
+        text = payload.decode("utf-8")
+        obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+    except RemoteProtocolError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError("control message is not valid UTF-8") from exc
+    except RecursionError as exc:
+        raise RemoteProtocolError("control message is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, and int() digit limits
+        raise RemoteProtocolError(f"control message is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("control message is not a JSON object")
+    kind = obj.get("type")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {kind!r:.40}")
+    values = {}
+    for f in fields(cls):
+        key = _wire_name(f)
+        if key in obj:
+            value = obj[key]
+        elif f.default is not MISSING:
+            value = f.default
+        else:
+            raise RemoteProtocolError(f"{kind} message lacks {key!r}")
+        if not f.metadata["check"](value):
+            raise RemoteProtocolError(f"{kind}.{key} is missing or not valid")
+        values[f.name] = value
+    return cls(**values)
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames. Feed it bytes, then pull frames.
+
+    After it has raised RemoteProtocolError once it keeps raising: the stream
+    cannot be trusted past the first bad byte.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._error: RemoteProtocolError | None = None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None until more bytes arrive."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_frame()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self._buffer = bytearray()
+            raise
+
+    def _next_frame(self) -> Frame | None:
+        buffer = self._buffer
+        if len(buffer) < HEADER.size:
+            return None
+        kind, length = HEADER.unpack_from(buffer)
+        if kind == KIND_CONTROL:
+            limit = MAX_CONTROL_PAYLOAD
+        elif kind == KIND_CHUNK:
+            limit = MAX_CHUNK_PAYLOAD
+        else:
+            raise RemoteProtocolError(f"unknown frame kind 0x{kind:02x}")
+        if length > limit:
+            raise RemoteProtocolError(f"frame of {length} bytes exceeds the {limit}-byte limit")
+        end = HEADER.size + length
+        if len(buffer) < end:
+            return None
+        if kind == KIND_CHUNK:
+            if length <= CHUNK_ID.size:
+                raise RemoteProtocolError("chunk frame carries no data")
+            (transfer_id,) = CHUNK_ID.unpack_from(buffer, HEADER.size)
+            data = bytes(buffer[CHUNK_HEADER_SIZE:end])
+            del buffer[:end]  # CPython trims a bytearray's front in O(1)
+            return Chunk(transfer_id, data)
+        payload = bytes(buffer[HEADER.size:end])
+        del buffer[:end]
+        return parse_control(payload)

@@ -1,0 +1,119 @@
+"""Files arriving at one participant: offer, chunks, end (or abort), verdict.
+
+Used by `join` (files from the server) and by the server's operator (files
+relayed from clients). Each call returns a Verdict when the transfer is
+decided, which the caller reports to the console and sends back as a
+Result; a Verdict for a refused offer comes back at once, and the chunks
+that still follow it are dropped until its end.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .console import Console
+from .errors import RemoteProtocolError, TransferError
+from .transfer import Downloads, IncomingFile
+
+MAX_CONCURRENT_TRANSFERS = 64
+
+
+@dataclass(frozen=True)
+class Verdict:
+    transfer_id: int
+    sender: str
+    name: str
+    ok: bool
+    reason: str = ""
+    path: Path | None = None
+    size: int = 0
+    sha256: str | None = None
+
+    def report(self, console: Console) -> None:
+        if self.ok:
+            console.event("file_received", **{"from": self.sender}, name=self.name, path=str(self.path),
+                          size=self.size, sha256=self.sha256)
+        else:
+            console.event("file_rejected", **{"from": self.sender}, name=self.name, reason=self.reason)
+
+
+class Inbox:
+    def __init__(self, downloads: Downloads) -> None:
+        self.downloads = downloads
+        self._lock = threading.Lock()
+        self._active: dict[int, tuple[IncomingFile, str]] = {}
+        self._dropping: dict[int, str] = {}  # refused transfers whose chunks still come
+
+    def offer(self, transfer_id: int, sender: str, name: str, size: int) -> Verdict | None:
+        with self._lock:
+            if transfer_id in self._active or transfer_id in self._dropping:
+                raise RemoteProtocolError(f"transfer id {transfer_id} offered twice")
+            if len(self._active) + len(self._dropping) >= MAX_CONCURRENT_TRANSFERS:
+                raise RemoteProtocolError(f"more than {MAX_CONCURRENT_TRANSFERS} transfers at once")
+            try:
+                self._active[transfer_id] = (IncomingFile(self.downloads, name, size), sender)
+            except TransferError as exc:
+                self._dropping[transfer_id] = sender
+                return Verdict(transfer_id, sender, name, False, str(exc))
+        return None
+
+    def _entry(self, transfer_id: int, what: str) -> tuple[IncomingFile, str] | None:
+        entry = self._active.get(transfer_id)
+        if entry is None and transfer_id not in self._dropping:
+            raise RemoteProtocolError(f"{what} for transfer {transfer_id}, which was never offered")
+        return entry
+
+    def chunk(self, transfer_id: int, data: bytes | memoryview) -> Verdict | None:
+        # No lock around the write itself: one transfer's chunks come from one thread.
+        with self._lock:
+            entry = self._entry(transfer_id, "data")
+        if entry is None:
+            return None
+        incoming, sender = entry
+        try:
+            incoming.write(data)
+        except TransferError as exc:
+            incoming.discard()
+            with self._lock:
+                del self._active[transfer_id]
+                self._dropping[transfer_id] = sender
+            return Verdict(transfer_id, sender, incoming.name, False, str(exc))
+        return None
+
+    def end(self, transfer_id: int, sha256: str) -> Verdict | None:
+        with self._lock:
+            entry = self._entry(transfer_id, "end")
+            if entry is None:
+                del self._dropping[transfer_id]
+                return None
+            del self._active[transfer_id]
+        incoming, sender = entry
+        try:
+            path = incoming.finish(sha256)
+        except TransferError as exc:
+            return Verdict(transfer_id, sender, incoming.name, False, str(exc))
+        return Verdict(transfer_id, sender, path.name, True, path=path, size=incoming.size, sha256=sha256)
+
+    def abort(self, transfer_id: int, reason: str) -> Verdict | None:
+        with self._lock:
+            entry = self._entry(transfer_id, "abort")
+            if entry is None:
+                del self._dropping[transfer_id]
+                return None
+            del self._active[transfer_id]
+        incoming, sender = entry
+        incoming.discard()
+        return Verdict(transfer_id, sender, incoming.name, False, f"sender stopped: {reason}" if reason else "sender stopped")
+
+    def close(self, reason: str) -> list[Verdict]:
+        """Discard every unfinished file (the connection is gone); say which."""
+        with self._lock:
+            active, self._active = self._active, {}
+            self._dropping.clear()
+        verdicts = []
+        for transfer_id, (incoming, sender) in active.items():
+            incoming.discard()
+            verdicts.append(Verdict(transfer_id, sender, incoming.name, False, reason))
+        return verdicts

@@ -1,0 +1,223 @@
+"""The room: who is present, chat fan-out, and files relayed to every recipient.
+
+Everyone in the room is a Participant: a remote client (server.Session) or
+the operator at the server's terminal (server.Operator). The room never
+touches sockets; it calls Participant methods, which queue frames.
+
+A file is relayed, not stored: each chunk from the sender is framed once
+and the same bytes are queued to every recipient. When a recipient's queue
+is full, the sender's connection stops reading until it drains (TCP then
+slows the sender), so memory stays bounded by the queues, not by the file.
+The SHA-256 that each recipient checks is the one the original sender
+computed; the server never vouches for a file's content.
+
+Names: one identity, one participant. A second connection with the same
+certificate identity replaces the first (told why), which is what a client
+reconnecting after a silent network drop needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import frames
+from .outbox import Outbox
+
+Pause = Callable[[Outbox], None] | None  # None: block instead (for threads that may)
+
+
+class Participant:
+    """What the room needs from a member. Subclasses: server.Session, server.Operator."""
+
+    name: str
+
+    def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
+        raise NotImplementedError
+
+    def offer(self, relay: "Relay") -> None:
+        raise NotImplementedError
+
+    def chunk(self, relay: "Relay", frame: bytes, data: memoryview, pause: Pause) -> bool:
+        """Pass on one chunk; False when this participant can take no more of this relay."""
+        raise NotImplementedError
+
+    def end(self, relay: "Relay", sha256: str) -> None:
+        raise NotImplementedError
+
+    def abort(self, relay: "Relay", reason: str) -> None:
+        raise NotImplementedError
+
+    def kick(self, reason: str) -> None:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class Relay:
+    id: int
+    sender: Participant
+    sender_id: int  # the id the sender chose for it
+    name: str
+    size: int
+    targets: list[Participant]  # still being fed chunks
+    pending: dict[str, Participant]  # still owing a verdict
+    received: int = 0
+    finished: bool = False  # the sender sent end or abort
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Room:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._members: dict[str, Participant] = {}
+        self._relays: dict[int, Relay] = {}
+        self._ids = itertools.count(1)
+
+    # ---------------------------------------------------------------- members
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._members)
+
+    def members(self) -> list[Participant]:
+        with self._lock:
+            return list(self._members.values())
+
+    def get(self, name: str) -> Participant | None:
+        with self._lock:
+            return self._members.get(name)
+
+    def join(self, member: Participant) -> None:
+        with self._lock:
+            old = self._members.get(member.name)
+            if old is not None:
+                self._members.pop(member.name)
+                self._forget(old, "replaced by a new connection")
+                self._broadcast(frames.Left(name=old.name, reason="replaced by a new connection"), skip=old)
+                old.kick("replaced by a new connection with the same certificate")
+            self._broadcast(frames.Joined(name=member.name), skip=member)
+            self._members[member.name] = member
+
+    def leave(self, member: Participant, reason: str) -> None:
+        with self._lock:
+            if self._members.get(member.name) is member:
+                del self._members[member.name]
+                self._broadcast(frames.Left(name=member.name, reason=reason), skip=member)
+            self._forget(member, f"{member.name} left")
+
+    def _forget(self, member: Participant, reason: str) -> None:
+        """Settle every relay `member` was part of."""
+        for relay in list(self._relays.values()):
+            if relay.sender is member:
+                if not relay.finished:
+                    self._abort(relay, f"{member.name} left")
+                self._relays.pop(relay.id, None)
+            elif member.name in relay.pending and relay.pending[member.name] is member:
+                self._verdict(relay, member.name, False, reason, None)
+
+    def _broadcast(self, message: frames.Message, skip: Participant | None = None) -> None:
+        encoded = frames.encode(message)
+        for member in self._members.values():
+            if member is not skip:
+                member.deliver(message, encoded)
+
+    # ---------------------------------------------------------------- chat
+
+    def chat(self, sender: Participant, text: str, to: str | None = None) -> str | None:
+        """Relay a line; returns why not, for a private line to nobody."""
+        message = frames.Chat(text=text, to=to, sender=sender.name)
+        with self._lock:
+            if to is None:
+                self._broadcast(message, skip=sender)
+                return None
+            target = self._members.get(to)
+        if target is None or target is sender:
+            return f"nobody named {to!r} is here" if target is None else "that is you"
+        target.deliver(message)
+        return None
+
+    # ---------------------------------------------------------------- files
+
+    def start_relay(self, sender: Participant, sender_id: int, name: str, size: int, to: str | None) -> Relay:
+        """Offer the file to its recipients and tell the sender who they are."""
+        with self._lock:
+            if to is None:
+                targets = [m for m in self._members.values() if m is not sender]
+            else:
+                target = self._members.get(to)
+                targets = [] if target is None or target is sender else [target]
+            relay_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
+            while relay_id in self._relays or relay_id == 0:
+                relay_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
+            relay = Relay(relay_id, sender, sender_id, name, size, list(targets), {t.name: t for t in targets})
+            self._relays[relay_id] = relay
+            sender.deliver(frames.Recipients(id=sender_id, names=sorted(relay.pending)))
+            for target in targets:
+                target.offer(relay)
+            if not targets:
+                relay.finished = True  # the sender stops; its chunks are dropped
+        if to is not None and not targets:
+            sender.deliver(frames.Notice(text=f"nobody named {to!r} is here"))
+        return relay
+
+    def relay_chunk(self, relay: Relay, data: memoryview, pause: Pause, frame: bytes | None = None) -> str | None:
+        """Pass a chunk to every recipient; returns an error for the sender, if any."""
+        relay.received += len(data)
+        if relay.received > relay.size:
+            with self._lock:
+                self._abort(relay, f"sender sent more than the {relay.size} bytes it declared")
+            return f"{relay.name}: you sent more than the {relay.size} bytes you declared"
+        if frame is None:
+            frame = frames.encode_chunk(relay.id, data)
+        for target in list(relay.targets):
+            if not target.chunk(relay, frame, data, pause):
+                with relay.lock:
+                    if target in relay.targets:
+                        relay.targets.remove(target)
+        return None
+
+    def end_relay(self, relay: Relay, sha256: str) -> None:
+        relay.finished = True
+        for target in list(relay.targets):
+            target.end(relay, sha256)
+        relay.targets.clear()
+        with self._lock:
+            if not relay.pending:
+                self._relays.pop(relay.id, None)
+
+    def sender_aborted(self, relay: Relay, reason: str) -> None:
+        with self._lock:
+            self._abort(relay, reason)
+
+    def _abort(self, relay: Relay, reason: str) -> None:
+        relay.finished = True
+        for target in list(relay.targets):
+            target.abort(relay, reason)
+        relay.targets.clear()
+        for name in list(relay.pending):
+            self._verdict(relay, name, False, reason, None)
+
+    def verdict(self, relay_id: int, recipient: Participant, ok: bool, reason: str, sha256: str | None) -> None:
+        """A recipient's verdict: relayed to the sender as a Result naming the recipient."""
+        with self._lock:
+            relay = self._relays.get(relay_id)
+            if relay is None or relay.pending.get(recipient.name) is not recipient:
+                return  # late, repeated, or for a relay that is already settled
+            with relay.lock:
+                if recipient in relay.targets:
+                    relay.targets.remove(recipient)
+            self._verdict(relay, recipient.name, ok, reason, sha256)
+
+    def _verdict(self, relay: Relay, name: str, ok: bool, reason: str, sha256: str | None) -> None:
+        relay.pending.pop(name, None)
+        relay.sender.deliver(frames.Result(id=relay.sender_id, ok=ok, reason=reason[:900], sha256=sha256, sender=name))
+        if not relay.pending:
+            if relay.finished:
+                self._relays.pop(relay.id, None)
+            else:
+                # Nobody is left to receive it: tell the sender to stop sending.
+                relay.sender.deliver(frames.Cancel(id=relay.sender_id, reason="no recipient left"))
+                relay.finished = True
+                self._relays.pop(relay.id, None)

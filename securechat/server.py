@@ -1,0 +1,313 @@
+"""`securechat serve`: the listener, one Session per client, and the Operator.
+
+Threads: one accept loop; a short-lived admission thread per incoming
+socket (TLS handshake with an overall deadline, so a silent or dribbling
+client costs one thread for at most 10 s and never blocks the accept loop);
+then each client's Connection I/O thread. The operator's stdin loop runs on
+its own thread, and each file the operator sends is read by its own thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+from pathlib import Path
+
+from . import frames
+from .certs import CertsLayout, load_cert
+from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
+from .connection import STALL_TIMEOUT, Connection, tls_handshake, tune_socket
+from .console import Console, show_message
+from .errors import ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError, TransferError, UsageError
+from .inbox import Inbox, Verdict
+from .outgoing import Outgoing
+from .room import Participant, Pause, Relay, Room
+from .tls import peer_identity, server_context
+from .transfer import Downloads, FileSource
+
+MAX_PENDING_HANDSHAKES = 64
+SHUTDOWN_TIMEOUT = 10.0
+SOFTWARE = "securechat-server/0.1"
+
+
+class Session(Participant):
+    """One connected client, as the room sees it."""
+
+    def __init__(self, server: "Server", sock, name: str) -> None:
+        self.name = name
+        self.server = server
+        self.room = server.room
+        self.conn = Connection(sock, name, self._on_frame, self._on_close)
+        self._greeted = False
+        self._uploads: dict[int, Relay] = {}
+
+    # ------------------------------------------------ Participant
+
+    def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
+        self.conn.outbox.put_control(encoded or frames.encode(message))
+
+    def offer(self, relay: Relay) -> None:
+        self.conn.send_stream(frames.Offer(id=relay.id, name=relay.name, size=relay.size, sender=relay.sender.name))
+
+    def chunk(self, relay: Relay, frame: bytes, data: memoryview, pause: Pause) -> bool:
+        outbox = self.conn.outbox
+        if pause is None:
+            try:
+                outbox.put_data(frame, STALL_TIMEOUT)
+            except (ConnectionLost, PeerTooSlow):
+                return False
+        elif not outbox.put_data_nowait(frame):
+            pause(outbox)
+        return outbox.failure is None
+
+    def end(self, relay: Relay, sha256: str) -> None:
+        self.conn.send_stream(frames.End(id=relay.id, sha256=sha256))
+
+    def abort(self, relay: Relay, reason: str) -> None:
+        self.conn.send_stream(frames.Abort(id=relay.id, reason=reason[:900]))
+
+    def kick(self, reason: str) -> None:
+        self.conn.close(reason)
+
+    # ------------------------------------------------ frames from the client
+
+    def _on_frame(self, conn: Connection, frame: frames.Frame) -> None:
+        if not self._greeted:
+            self._greet(frame)
+            return
+        match frame:
+            case frames.Chunk():
+                relay = self._uploads.get(frame.id)
+                if relay is None:
+                    raise RemoteProtocolError(f"data for transfer {frame.id}, which was never offered")
+                if not relay.finished:
+                    self.room.relay_chunk(relay, memoryview(frame.data), conn.wait_for)
+            case frames.Chat():
+                problem = self.room.chat(self, frame.text, frame.to)
+                if problem:
+                    self.deliver(frames.Notice(text=f"/msg {frame.to}: {problem}"))
+            case frames.Offer():
+                if frame.id in self._uploads:
+                    raise RemoteProtocolError(f"transfer id {frame.id} offered twice")
+                self._uploads[frame.id] = self.room.start_relay(self, frame.id, frame.name, frame.size, frame.to)
+            case frames.End():
+                relay = self._upload(frame.id, "end")
+                if not relay.finished:
+                    self.room.end_relay(relay, frame.sha256)
+            case frames.Abort():
+                self.room.sender_aborted(self._upload(frame.id, "abort"), frame.reason or f"{self.name} stopped sending")
+            case frames.Result():
+                self.room.verdict(frame.id, self, frame.ok, frame.reason, frame.sha256 if frame.ok else None)
+            case frames.Who():
+                self.deliver(frames.Who(names=self.room.names()))
+            case frames.Bye():
+                pass
+            case _:
+                raise RemoteProtocolError(f"a client may not send {frame.TYPE!r} here")
+
+    def _upload(self, transfer_id: int, what: str) -> Relay:
+        relay = self._uploads.pop(transfer_id, None)
+        if relay is None:
+            raise RemoteProtocolError(f"{what} for transfer {transfer_id}, which was never offered")
+        return relay
+
+    def _greet(self, frame: frames.Frame) -> None:
+        if not isinstance(frame, frames.Hello):
+            raise RemoteProtocolError("the first message must be hello")
+        if frame.version != frames.PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"protocol version {frame.version} is not supported; this server speaks {frames.PROTOCOL_VERSION}"
+            )
+        self._greeted = True
+        self.conn.send(frames.Hello(version=frames.PROTOCOL_VERSION, software=SOFTWARE))
+        self.conn.send(frames.Welcome(you=self.name, server=self.server.operator.name, members=self.room.names()))
+        self.room.join(self)
+
+    def _on_close(self, conn: Connection, reason: str, clean: bool) -> None:
+        if self._greeted:
+            self.room.leave(self, "" if clean else reason)
+        self.server.forget(self)
+
+
+class Operator(Participant):
+    """The person at the server's terminal: a member of the room like any client."""
+
+    def __init__(self, name: str, room: Room, console: Console, downloads: Downloads) -> None:
+        self.name = name
+        self.room = room
+        self.console = console
+        self.inbox = Inbox(downloads)
+        self.outgoing = Outgoing(console)
+
+    def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
+        show_message(self.console, message) or self.outgoing.handle(message)
+
+    def _settle(self, relay: Relay, verdict: Verdict | None) -> bool:
+        if verdict is None:
+            return True
+        verdict.report(self.console)
+        self.room.verdict(relay.id, self, verdict.ok, verdict.reason, verdict.sha256)
+        return False
+
+    def offer(self, relay: Relay) -> None:
+        try:
+            verdict = self.inbox.offer(relay.id, relay.sender.name, relay.name, relay.size)
+        except RemoteProtocolError as exc:
+            verdict = Verdict(relay.id, relay.sender.name, relay.name, False, str(exc))
+        self._settle(relay, verdict)
+
+    def chunk(self, relay: Relay, frame: bytes, data: memoryview, pause: Pause) -> bool:
+        return self._settle(relay, self.inbox.chunk(relay.id, data))
+
+    def end(self, relay: Relay, sha256: str) -> None:
+        self._settle(relay, self.inbox.end(relay.id, sha256))
+
+    def abort(self, relay: Relay, reason: str) -> None:
+        verdict = self.inbox.abort(relay.id, reason)
+        if verdict is not None:
+            verdict.report(self.console)
+
+    def kick(self, reason: str) -> None:
+        pass  # nobody else can hold the server's own certificate
+
+    # ------------------------------------------------ what the operator types
+
+    def handle(self, command: Command) -> bool:
+        match command:
+            case Say(text=text):
+                self.room.chat(self, text)
+            case PrivateMessage(to=to, text=text):
+                problem = self.room.chat(self, text, to)
+                if problem:
+                    self.console.error(f"/msg {to}: {problem}")
+            case SendFile(path=path, to=to):
+                threading.Thread(target=self.send_file, args=(path, to), name="operator-send", daemon=True).start()
+            case Who():
+                self.console.event("who", names=self.room.names())
+            case Help():
+                self.console.event("help", text=HELP)
+            case Quit():
+                return False
+        return True
+
+    def send_file(self, path: Path, to: str | None) -> None:
+        try:
+            source = FileSource(path)
+        except UsageError as exc:
+            self.console.error(str(exc))
+            return
+        transfer_id = self.outgoing.new(source.name, source.size)
+        relay = self.room.start_relay(self, transfer_id, source.name, source.size, to)
+        try:
+            for frame in source.chunk_frames(relay.id):
+                if relay.finished:
+                    return
+                self.room.relay_chunk(relay, memoryview(frame)[frames.CHUNK_HEADER_SIZE:], None, frame)
+            self.room.end_relay(relay, source.sha256)
+        except TransferError as exc:
+            self.room.sender_aborted(relay, str(exc))
+            self.outgoing.fail(transfer_id, str(exc))
+        finally:
+            source.close()
+
+
+class Server:
+    def __init__(self, certs: Path, host: str, port: int, downloads: Downloads, console: Console) -> None:
+        self.context = server_context(certs)
+        name = load_cert(CertsLayout(certs).server_cert).subject.rfc4514_string().removeprefix("CN=")
+        self.host, self.port = host, port
+        self.console = console
+        self.room = Room()
+        self.operator = Operator(name, self.room, console, downloads)
+        self.room.join(self.operator)
+        self._sessions: set[Session] = set()
+        self._lock = threading.Lock()
+        self._handshake_slots = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self._stopping = threading.Event()
+        self._listener: socket.socket | None = None
+        self.address: tuple[str, int] = (host, port)
+
+    def bind(self) -> tuple[str, int]:
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise UsageError(f"cannot listen on {self.host!r}: {exc.strerror}") from exc
+        family, _, _, _, address = infos[0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(address)
+            listener.listen(512)
+        except OSError as exc:
+            listener.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {self.port} on {self.host} is already in use — choose another with --port") from exc
+            if exc.errno == errno.EACCES:
+                raise UsageError(f"no permission to listen on port {self.port}; use a port above 1023") from exc
+            raise UsageError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
+        listener.settimeout(0.5)  # so the accept loop notices shutdown
+        self._listener = listener
+        self.address = listener.getsockname()[:2]
+        return self.address
+
+    def start(self) -> None:
+        threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                raw, addr = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue  # e.g. EMFILE: keep serving those already in
+            if not self._handshake_slots.acquire(blocking=False):
+                raw.close()
+                self.console.event("refused", peer=addr[0], reason="too many connections in the TLS handshake")
+                continue
+            threading.Thread(target=self._admit, args=(raw, addr), name="admit", daemon=True).start()
+
+    def _admit(self, raw: socket.socket, addr) -> None:
+        try:
+            tune_socket(raw)
+            sock = self.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            tls_handshake(sock)
+            name = peer_identity(sock)
+        except (SecureChatError, OSError) as exc:
+            raw.close()
+            self.console.event("refused", peer=addr[0], reason=str(exc))
+            return
+        finally:
+            self._handshake_slots.release()
+        session = Session(self, sock, name)
+        with self._lock:
+            if self._stopping.is_set():
+                sock.close()
+                return
+            self._sessions.add(session)
+        session.conn.start()
+
+    def forget(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.discard(session)
+
+    def shutdown(self, reason: str = "server shutting down", wait_for_transfers: bool = False) -> None:
+        """Stop accepting, tell every client, close. `exit` first lets the operator's sends finish."""
+        if wait_for_transfers:
+            self.operator.outgoing.wait_idle(timeout=None)
+        self._stopping.set()
+        self.console.event("shutdown", reason=reason)
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.conn.close(reason)
+        for session in sessions:
+            session.conn.join(SHUTDOWN_TIMEOUT)
+        for verdict in self.operator.inbox.close("server shut down"):
+            verdict.report(self.console)

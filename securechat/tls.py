@@ -1,0 +1,130 @@
+"""The one place TLS settings live: SSLContext factories and peer identity.
+
+Both sides: TLS 1.3 only, certificates required and checked against our CA
+only, X.509 strict mode, no compression, no renegotiation, no session tickets
+(so a revoked or replaced certificate bites on the very next connection),
+ALPN `securechat/1`. We build SSLContext directly instead of calling
+ssl.create_default_context(), because that one also honours SSLKEYLOGFILE
+and loads the system's CAs, neither of which we want.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from .certs import CertsLayout
+from .errors import CertificateError, UsageError
+from .frames import ALPN_PROTOCOL
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class ClientFiles:
+    """The three files a client needs: the CA to trust, its own certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_certs_dir(cls, certs: Path, name: str | None) -> "ClientFiles":
+        layout = CertsLayout(certs)
+        if not certs.is_dir():
+            raise UsageError(f"certs folder {certs} not found; pass --certs, or create it with: securechat gen-certs")
+        if name is None:
+            names = layout.client_names()
+            if len(names) != 1:
+                found = ", ".join(names) if names else "none"
+                raise UsageError(
+                    f"say which client certificate to use with --name (found in {layout.clients}: {found})"
+                )
+            name = names[0]
+        return cls(layout.ca_cert, layout.client_cert(name), layout.client_key(name))
+
+
+def _base_context(protocol: int) -> ssl.SSLContext:
+    context = ssl.SSLContext(protocol)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    context.set_alpn_protocols([ALPN_PROTOCOL])
+    context.keylog_filename = None
+    return context
+
+
+def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    for path, what in ((cert, "certificate"), (key, "private key")):
+        if not path.is_file():
+            raise CertificateError(f"{what} {path} not found; create it with: securechat gen-certs")
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise CertificateError(f"{cert} and {key} do not form a usable certificate and key ({exc.reason})") from exc
+
+
+def _load_ca(context: ssl.SSLContext, ca: Path) -> None:
+    if not ca.is_file():
+        raise CertificateError(f"CA certificate {ca} not found; copy ca.pem from the server's certs folder")
+    try:
+        context.load_verify_locations(cafile=ca)
+    except ssl.SSLError as exc:
+        raise CertificateError(f"{ca} is not a usable CA certificate ({exc.reason})") from exc
+
+
+def server_context(certs: Path) -> ssl.SSLContext:
+    layout = CertsLayout(certs)
+    context = _base_context(ssl.PROTOCOL_TLS_SERVER)
+    # TLS 1.3 sends resumption tickets unless told to send none.
+    context.num_tickets = 0
+    _load_chain(context, layout.server_cert, layout.server_key)
+    _load_ca(context, layout.ca_cert)
+    return context
+
+
+def client_context(files: ClientFiles) -> ssl.SSLContext:
+    context = _base_context(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = True
+    context.hostname_checks_common_name = False
+    _load_chain(context, files.cert, files.key)
+    _load_ca(context, files.ca)
+    return context
+
+
+def peer_identity(sock: ssl.SSLSocket) -> str:
+    """The peer's name: the common name of the certificate the handshake verified."""
+    cert = sock.getpeercert()
+    if not cert:
+        raise CertificateError("peer presented no certificate")
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    raise CertificateError("peer certificate has no common name")
+
+
+def describe_tls_failure(exc: ssl.SSLError) -> str:
+    """A sentence for a person, from what OpenSSL said."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate rejected: {exc.verify_message}"
+    reason = (exc.reason or str(exc)).lower()
+    hints = {
+        "certificate_required": "the other side requires a client certificate",
+        "unknown_ca": "the other side does not trust our certificate's CA",
+        "bad_certificate": "the other side rejected our certificate",
+        "certificate_unknown": "the other side rejected our certificate",
+        "certificate_expired": "the other side says our certificate has expired",
+        "certificate_revoked": "the other side says our certificate was revoked",
+        "unsupported_protocol": "the other side does not speak TLS 1.3",
+        "protocol_version": "the other side does not speak TLS 1.3",
+        "no_application_protocol": "the other side is not a securechat peer (ALPN mismatch)",
+        "wrong_version_number": "the other side is not speaking TLS",
+    }
+    for key, text in hints.items():
+        if key in reason:
+            return f"{text} ({exc.reason})"
+    return f"TLS failed: {exc.reason or exc}"
