@@ -275,13 +275,16 @@ class Connection:
         return min(deadlines) if deadlines else None
 
     def _drain_wake(self) -> None:
-        with self._wake_lock:
-            self._wake_pending = False
+        # Drain first, then clear the flag: cleared first, a wake landing in
+        # between would be read away while the flag stayed set, and every
+        # later wake would be skipped. This order costs one spurious wake.
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        with self._wake_lock:
+            self._wake_pending = False
 
     def _deliver_frames(self) -> None:
         while self._bye_reason is None and not self._paused():

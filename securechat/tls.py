@@ -114,6 +114,7 @@ def describe_tls_failure(exc: ssl.SSLError) -> str:
     reason = (exc.reason or str(exc)).lower()
     hints = {
         "certificate_required": "the other side requires a client certificate",
+        "peer_did_not_return_a_certificate": "the client presented no certificate",
         "unknown_ca": "the other side does not trust our certificate's CA",
         "bad_certificate": "the other side rejected our certificate",
         "certificate_unknown": "the other side rejected our certificate",

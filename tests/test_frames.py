@@ -1,0 +1,217 @@
+"""The wire format: whole, byte by byte, with trailing bytes, and against random input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securechat import frames
+from securechat.errors import LocalProtocolError, RemoteProtocolError
+
+SAMPLES = [
+    frames.Hello(version=1, software="x"),
+    frames.Welcome(you="alice", server="server", members=["alice", "server"]),
+    frames.Chat(text="héllo ✓ 你好 🎉"),
+    frames.Chat(text="psst", to="bob", sender="alice"),
+    frames.Offer(id=7, name="photo.jpg", size=123456, sender="alice"),
+    frames.End(id=7, sha256="a" * 64),
+    frames.Abort(id=7, reason="gone"),
+    frames.Cancel(id=7),
+    frames.Recipients(id=7, names=["bob", "carol"]),
+    frames.Result(id=7, ok=True, sha256="b" * 64, sender="bob"),
+    frames.Result(id=7, ok=False, reason="SHA-256 mismatch"),
+    frames.Who(),
+    frames.Who(names=["a", "b"]),
+    frames.Joined(name="bob"),
+    frames.Left(name="bob", reason="timeout"),
+    frames.Notice(text="nobody named 'x' is here"),
+    frames.Bye(reason="left"),
+]
+
+
+def control(obj) -> bytes:
+    payload = json.dumps(obj).encode()
+    return frames.HEADER.pack(frames.KIND_CONTROL, len(payload)) + payload
+
+
+def decode_all(data: bytes) -> list:
+    decoder = frames.FrameDecoder()
+    decoder.feed(data)
+    out = []
+    while (frame := decoder.next_frame()) is not None:
+        out.append(frame)
+    return out
+
+
+def test_round_trip_whole_stream():
+    stream = b"".join(frames.encode(m) for m in SAMPLES) + frames.encode_chunk(3, b"data")
+    assert decode_all(stream) == [*SAMPLES, frames.Chunk(3, b"data")]
+
+
+def test_byte_by_byte():
+    stream = b"".join(frames.encode(m) for m in SAMPLES) + frames.encode_chunk(9, bytes(range(256)))
+    decoder = frames.FrameDecoder()
+    out = []
+    for i in range(len(stream)):
+        decoder.feed(stream[i : i + 1])
+        while (frame := decoder.next_frame()) is not None:
+            out.append(frame)
+    assert out == [*SAMPLES, frames.Chunk(9, bytes(range(256)))]
+
+
+def test_trailing_partial_frame_waits():
+    whole = frames.encode(SAMPLES[2])
+    decoder = frames.FrameDecoder()
+    decoder.feed(whole + whole[:7])
+    assert decoder.next_frame() == SAMPLES[2]
+    assert decoder.next_frame() is None
+    decoder.feed(whole[7:])
+    assert decoder.next_frame() == SAMPLES[2]
+
+
+def test_oversized_length_is_refused_from_the_header_alone():
+    decoder = frames.FrameDecoder()
+    decoder.feed(frames.HEADER.pack(frames.KIND_CHUNK, 0xFFFFFFFF))
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        decoder.next_frame()
+    assert decoder.buffered == 0  # nothing kept, nothing allocated for the claimed length
+
+
+@pytest.mark.parametrize(
+    "kind,length",
+    [
+        (frames.KIND_CONTROL, frames.MAX_CONTROL_PAYLOAD + 1),
+        (frames.KIND_CHUNK, frames.MAX_CHUNK_PAYLOAD + 1),
+    ],
+)
+def test_just_over_each_limit(kind, length):
+    decoder = frames.FrameDecoder()
+    decoder.feed(frames.HEADER.pack(kind, length))
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_frame()
+
+
+def test_exactly_at_the_limit_is_accepted():
+    data = b"x" * frames.MAX_CHUNK_DATA
+    assert decode_all(frames.encode_chunk(1, data)) == [frames.Chunk(1, data)]
+
+
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (frames.HEADER.pack(frames.KIND_CONTROL, 0), "not valid JSON"),
+        (frames.HEADER.pack(frames.KIND_CHUNK, 0), "no data"),
+        (frames.HEADER.pack(frames.KIND_CHUNK, 4) + b"\0\0\0\1", "no data"),
+        (frames.HEADER.pack(0x7F, 1) + b"x", "unknown frame kind"),
+        (frames.HEADER.pack(frames.KIND_CONTROL, 2) + b"\xff\xfe", "UTF-8"),
+        (control({"type": "chat"}), "lacks 'text'"),
+        (control({"type": "nonsense"}), "unknown message type"),
+        (control([1, 2]), "not a JSON object"),
+        (control({"type": "chat", "text": 5}), "not valid"),
+        (control({"type": "offer", "id": -1, "name": "x", "size": 1}), "not valid"),
+        (control({"type": "offer", "id": 1, "name": "x", "size": True}), "not valid"),
+        (control({"type": "offer", "id": 1, "name": "x", "size": 1.5}), "not valid"),
+        (control({"type": "offer", "id": 2**32, "name": "x", "size": 1}), "not valid"),
+        (control({"type": "end", "id": 1, "sha256": "A" * 64}), "not valid"),
+        (control({"type": "chat", "text": "x" * (frames.MAX_TEXT_BYTES + 1)}), "not valid"),
+        (control({"type": "offer", "id": 1, "name": "x", "size": float("nan")}), "JSON does not allow"),
+    ],
+)
+def test_malformed_input_raises_only_protocol_errors(data, reason):
+    with pytest.raises(RemoteProtocolError, match=reason):
+        decode_all(data)
+
+
+def test_duplicate_keys_are_refused():
+    payload = b'{"type":"chat","text":"a","text":"b"}'
+    with pytest.raises(RemoteProtocolError, match="duplicate"):
+        decode_all(frames.HEADER.pack(frames.KIND_CONTROL, len(payload)) + payload)
+
+
+def test_deep_nesting_is_refused_not_crashing():
+    payload = b"[" * (frames.MAX_CONTROL_PAYLOAD - 10)
+    with pytest.raises(RemoteProtocolError):
+        decode_all(frames.HEADER.pack(frames.KIND_CONTROL, len(payload)) + payload)
+
+
+def test_huge_integer_literal_is_refused():
+    payload = b'{"type":"offer","id":1,"name":"x","size":' + b"9" * 5000 + b"}"
+    with pytest.raises(RemoteProtocolError):
+        decode_all(frames.HEADER.pack(frames.KIND_CONTROL, len(payload)) + payload)
+
+
+def test_decoder_stays_failed():
+    decoder = frames.FrameDecoder()
+    decoder.feed(frames.HEADER.pack(0x7F, 0))
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_frame()
+    decoder.feed(frames.encode(frames.Who()))
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_frame()
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility():
+    assert decode_all(control({"type": "who", "future": 1})) == [frames.Who()]
+
+
+def test_encoder_refuses_invalid_messages():
+    with pytest.raises(LocalProtocolError):
+        frames.encode(frames.Chat(text="x" * (frames.MAX_TEXT_BYTES + 1)))
+    with pytest.raises(LocalProtocolError):
+        frames.encode(frames.End(id=1, sha256="nothex"))
+    with pytest.raises(LocalProtocolError):
+        frames.chunk_header(1, 0)
+
+
+names = st.text(min_size=1, max_size=20).filter(lambda s: len(s.encode("utf-8", "surrogatepass")) <= 64)
+messages = st.one_of(
+    st.builds(frames.Chat, text=st.text(max_size=200), to=st.none() | names, sender=st.none() | names),
+    st.builds(frames.Offer, id=st.integers(0, frames.MAX_TRANSFER_ID), name=st.text(max_size=100),
+              size=st.integers(0, frames.MAX_FILE_SIZE), to=st.none() | names, sender=st.none() | names),
+    st.builds(frames.End, id=st.integers(0, frames.MAX_TRANSFER_ID),
+              sha256=st.text("0123456789abcdef", min_size=64, max_size=64)),
+    st.builds(frames.Result, id=st.integers(0, 2**32 - 1), ok=st.booleans(), reason=st.text(max_size=50)),
+    st.builds(frames.Who, names=st.none() | st.lists(names, max_size=5)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(messages, st.builds(frames.Chunk, id=st.integers(0, 2**32 - 1),
+                                               data=st.binary(min_size=1, max_size=300))), max_size=8),
+       st.integers(1, 50))
+def test_round_trip_property(items, step):
+    stream = b"".join(
+        frames.encode_chunk(i.id, i.data) if isinstance(i, frames.Chunk) else frames.encode(i) for i in items
+    )
+    decoder = frames.FrameDecoder()
+    out = []
+    for start in range(0, len(stream), step):
+        decoder.feed(stream[start : start + step])
+        while (frame := decoder.next_frame()) is not None:
+            out.append(frame)
+    assert out == items
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=400))
+def test_random_bytes_parse_or_raise_protocol_error(data):
+    try:
+        decode_all(data)
+    except RemoteProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                    max_leaves=10),
+       st.sampled_from(sorted(frames.MESSAGE_TYPES)))
+def test_random_json_of_any_type_parses_or_raises_protocol_error(value, kind):
+    obj = {"type": kind, "id": value, "text": value, "name": value, "names": value, "size": value, "ok": value}
+    try:
+        decode_all(control(obj))
+    except RemoteProtocolError:
+        pass
