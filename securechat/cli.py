@@ -8,7 +8,7 @@ traceback.
 from __future__ import annotations
 
 import functools
-import io
+import os
 import signal
 import sys
 import threading
@@ -59,9 +59,31 @@ def friendly(command: Callable) -> Callable:
     return wrapper
 
 
-def _text_stdin() -> io.TextIOBase:
-    # Invalid UTF-8 typed or piped in must not end the session.
-    return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", line_buffering=True)
+def _stdin_lines(fd: int = 0, limit: int = 1024 * 1024):
+    """Lines typed or piped in, read with os.read on the raw descriptor.
+
+    Not sys.stdin: a daemon thread blocked inside its buffered reader holds
+    the buffer's lock, and CPython aborts (SIGABRT) if the process exits then.
+    Invalid UTF-8 is replaced rather than ending the session; a line longer
+    than `limit` is passed on cut, and commands.parse refuses it as too long.
+    """
+    pending = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            if pending:
+                yield pending.decode("utf-8", "replace")
+            return
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+        if len(pending) > limit:
+            yield pending.decode("utf-8", "replace")
+            pending = b""
 
 
 def _prepare_stdout() -> None:
@@ -130,7 +152,7 @@ def serve(
                 return False
             return server.operator.handle(command)
 
-        read_commands(_text_stdin(), handle, console.error)
+        read_commands(_stdin_lines(), handle, console.error)
         # End of input without exit: keep serving, headless.
 
     threading.Thread(target=operator_input, name="operator-input", daemon=True).start()
@@ -170,7 +192,7 @@ def join(
     done = threading.Event()
 
     def person_input() -> None:
-        read_commands(_text_stdin(), client.handle, console.error)
+        read_commands(_stdin_lines(), client.handle, console.error)
         done.set()  # exit, /quit and end of input all leave gracefully
 
     threading.Thread(target=person_input, name="input", daemon=True).start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Iterable
 
 from .errors import UsageError
 from .frames import MAX_TEXT_BYTES
@@ -112,7 +112,7 @@ def parse(line: str) -> Command | None:
     raise UsageError(f"unknown command {word}; /help lists the commands (start a line with // to send a '/')")
 
 
-def read_commands(stream: TextIO, handle: Callable[[Command], bool], on_error: Callable[[str], None]) -> None:
+def read_commands(stream: Iterable[str], handle: Callable[[Command], bool], on_error: Callable[[str], None]) -> None:
     """Feed each line of `stream` to `handle` until it returns False or the stream ends."""
     for line in stream:
         try:

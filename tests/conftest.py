@@ -98,19 +98,19 @@ class Proc:
         except BrokenPipeError:
             pass
 
-    def wait_event(self, name: str, timeout: float = EVENT_TIMEOUT, **match) -> dict:
-        """The first event called `name` whose fields include `match` (seen before or arriving)."""
+    def wait_event(self, event_name: str, timeout: float = EVENT_TIMEOUT, **match) -> dict:
+        """The first event called `event_name` whose fields include `match` (seen before or arriving)."""
         deadline = time.monotonic() + timeout
         seen = 0
         while True:
             for event in self.events[seen:]:
                 seen += 1
-                if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
+                if event.get("event") == event_name and all(event.get(k) == v for k, v in match.items()):
                     return event
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(
-                    f"no {name} {match} within {timeout} s from {self.args[:1]}; events: {self.events[-15:]}; "
+                    f"no {event_name} {match} within {timeout} s from {self.args[:1]}; events: {self.events[-15:]}; "
                     f"stderr: {''.join(self.stderr_lines)[-2000:]}"
                 )
             try:
@@ -118,8 +118,8 @@ class Proc:
             except queue.Empty:
                 pass
 
-    def count(self, name: str, **match) -> int:
-        return sum(1 for e in self.events if e.get("event") == name and all(e.get(k) == v for k, v in match.items()))
+    def count(self, event_name: str, **match) -> int:
+        return sum(1 for e in self.events if e.get("event") == event_name and all(e.get(k) == v for k, v in match.items()))
 
     def wait_exit(self, timeout: float = EVENT_TIMEOUT) -> int:
         return self.popen.wait(timeout)
