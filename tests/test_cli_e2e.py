@@ -157,6 +157,27 @@ def test_client_killed_mid_transfer_leaves_no_partial_file(room, tmp_path):
     room.server.wait_event("message", text="after the crash")
 
 
+def test_receiver_killed_mid_transfer_sender_is_told(room, tmp_path):
+    alice = room.join("alice")
+    bob = room.join("bob")
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(1024 * 1024 * 1024)
+    alice.send(f"/send @bob {big}")
+    bob_dl = tmp_path / "bob-downloads"
+    deadline = time.monotonic() + 20
+    while not (bob_dl.exists() and any(n.startswith(".securechat-") for n in os.listdir(bob_dl))):
+        assert time.monotonic() < deadline, "the transfer never started"
+        time.sleep(0.02)
+    bob.popen.kill()
+    bob.popen.wait(10)
+    failed = alice.wait_event("file_failed", to="bob")
+    assert "bob left" in failed["reason"]
+    alice.send("still connected")
+    room.server.wait_event("message", text="still connected")
+    assert not (bob_dl / "big.bin").exists()
+
+
 def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, pki, other_pki):
     cases = [
         (["join", "127.0.0.1", "--port", "1", "--certs", str(pki), "--name", "alice"], "connection refused"),
