@@ -29,12 +29,11 @@ from typing import Callable
 
 from . import frames
 from .errors import ConnectionFailed, ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError
-from .outbox import Outbox
+from .outbox import STALL_TIMEOUT, Outbox
 from .tls import HANDSHAKE_TIMEOUT, describe_tls_failure
 
 READ_BUFFER = 256 * 1024
 READ_BUDGET = 4 * 1024 * 1024  # bytes read per turn before writes get a go
-STALL_TIMEOUT = 30.0  # a relay target that reads nothing this long is dropped
 CLOSE_FLUSH_TIMEOUT = 10.0
 LINGER_TIMEOUT = 2.0
 HELLO_TIMEOUT = 10.0
@@ -149,7 +148,6 @@ class Connection:
         self._write_view: memoryview | None = None
         self._first_frame_deadline = None if first_frame_timeout is None else time.monotonic() + first_frame_timeout
         self._waiting_on: list[Outbox] = []
-        self._waiting_since: float | None = None
         self._close_request: tuple[str, bool] | None = None
         self._bye_reason: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"conn-{peer}", daemon=True)
@@ -192,16 +190,12 @@ class Connection:
 
     def wait_for(self, outbox: Outbox) -> None:
         """Stop reading until `outbox` (another connection's) has room again."""
-        if self._waiting_since is None:
-            self._waiting_since = time.monotonic()
         self._waiting_on.append(outbox)
         outbox.notify_when_drained(self._wake)
 
     def _paused(self) -> bool:
         if self._waiting_on:
             self._waiting_on = [o for o in self._waiting_on if not o.has_room()]
-            if not self._waiting_on:
-                self._waiting_since = None
         return bool(self._waiting_on)
 
     def _run(self) -> None:
@@ -265,11 +259,10 @@ class Connection:
             if now >= self._first_frame_deadline:
                 raise RemoteProtocolError(f"no hello within {HELLO_TIMEOUT:.0f} s")
             deadlines.append(self._first_frame_deadline - now)
-        if self._waiting_since is not None:
-            stalled_for = now - self._waiting_since
+        for outbox in self._waiting_on:
+            stalled_for = outbox.stalled_for()
             if stalled_for >= STALL_TIMEOUT:
-                for outbox in self._waiting_on:
-                    outbox.fail(f"too slow: read nothing of a file for {STALL_TIMEOUT:.0f} s")
+                outbox.fail(f"too slow: read nothing of a file for {STALL_TIMEOUT:.0f} s")
                 return 0.0
             deadlines.append(STALL_TIMEOUT - stalled_for)
         return min(deadlines) if deadlines else None

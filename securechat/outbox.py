@@ -9,10 +9,13 @@ Both lanes are bounded. A peer that stops reading fills its own outbox and
 is then dropped ("too slow"); it never blocks anyone else:
 
 * control lane over CONTROL_LIMIT bytes: the outbox fails at once;
-* data lane: writers either block (`put_data`, for worker threads, with a
-  stall timeout) or enqueue and learn the lane is full (`put_data_nowait`,
-  for I/O threads relaying a file, which then pause reading their own
-  socket until this lane drains below half of DATA_HIGH_WATER).
+* data lane: writers either block (`put_data`, for worker threads) or
+  enqueue and learn the lane is full (`put_data_nowait`, for I/O threads
+  relaying a file, which then pause reading their own socket until this
+  lane drains below half of DATA_HIGH_WATER). Either way, if the lane is
+  full and nothing at all has been written for STALL_TIMEOUT, the peer is
+  frozen (a stopped process, a dead network) and the outbox fails. Progress,
+  not speed, is what counts: a slow reader that keeps reading is waited for.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from .errors import ConnectionLost, PeerTooSlow
 CONTROL_LIMIT = 4 * 1024 * 1024
 DATA_HIGH_WATER = 8 * 1024 * 1024
 DATA_LOW_WATER = DATA_HIGH_WATER // 2
+STALL_TIMEOUT = 10.0  # seconds with a full queue and not one frame written
 
 Buffer = bytes | bytearray
 
@@ -40,6 +44,7 @@ class Outbox:
         self._data: deque[Buffer] = deque()
         self._data_bytes = 0
         self._drain_waiters: list[Callable[[], None]] = []
+        self._last_progress = time.monotonic()  # last pop, or when the data lane last became non-empty
         self.failure: str | None = None  # set once: the reason this outbox stopped
 
     # ------------------------------------------------------------ producers
@@ -56,38 +61,57 @@ class Outbox:
         self._wake_writer()
 
     def put_data(self, frame: Buffer, stall_timeout: float | None = None) -> None:
-        """Enqueue, blocking while the data lane is full. Not for I/O threads."""
-        deadline = None if stall_timeout is None else time.monotonic() + stall_timeout
+        """Enqueue, blocking while the data lane is full. Not for I/O threads.
+
+        With `stall_timeout`, give up (and fail the outbox) once the lane has
+        been full with no frame written for that long.
+        """
         with self._cond:
             while self.failure is None and self._data_bytes >= DATA_HIGH_WATER:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if stall_timeout is None:
+                    self._cond.wait()
+                    continue
+                idle = time.monotonic() - self._last_progress
+                if idle >= stall_timeout:
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(stall_timeout - idle)
             if self.failure is not None:
                 raise ConnectionLost(self.failure)
-            if self._data_bytes >= DATA_HIGH_WATER:
-                stalled = True
-            else:
-                stalled = False
-                self._data.append(frame)
-                self._data_bytes += len(frame)
+            stalled = self._data_bytes >= DATA_HIGH_WATER
+            if not stalled:
+                self._append_data(frame)
         if stalled:
             reason = f"too slow: read nothing for {stall_timeout:.0f} s"
             self.fail(reason)
             raise PeerTooSlow(reason)
         self._wake_writer()
 
+    def _append_data(self, frame: Buffer) -> None:
+        if not self._data:
+            self._last_progress = time.monotonic()
+        self._data.append(frame)
+        self._data_bytes += len(frame)
+
     def put_data_nowait(self, frame: Buffer) -> bool:
         """Enqueue without blocking; False means the lane is now full (pause the source)."""
         with self._cond:
             if self.failure is not None:
                 return True
-            self._data.append(frame)
-            self._data_bytes += len(frame)
+            self._append_data(frame)
             has_room = self._data_bytes < DATA_HIGH_WATER
         self._wake_writer()
         return has_room
+
+    def stalled_for(self) -> float:
+        """Seconds without a frame written while a paused source waits on this lane.
+
+        Measured against DATA_LOW_WATER, the mark `has_room` waits for: between
+        the two marks a source is still paused, so the clock must keep running.
+        """
+        with self._cond:
+            if self.failure is not None or self._data_bytes < DATA_LOW_WATER:
+                return 0.0
+            return time.monotonic() - self._last_progress
 
     def has_room(self) -> bool:
         with self._cond:
@@ -129,6 +153,7 @@ class Outbox:
             if not self._data:
                 return None
             frame = self._data.popleft()
+            self._last_progress = time.monotonic()
             before = self._data_bytes
             self._data_bytes -= len(frame)
             if before >= DATA_LOW_WATER > self._data_bytes:

@@ -105,7 +105,7 @@ class Room:
             if self._members.get(member.name) is member:
                 del self._members[member.name]
                 self._broadcast(frames.Left(name=member.name, reason=reason), skip=member)
-            self._forget(member, f"{member.name} left")
+            self._forget(member, f"{member.name} left ({reason})" if reason else f"{member.name} left")
 
     def _forget(self, member: Participant, reason: str) -> None:
         """Settle every relay `member` was part of."""

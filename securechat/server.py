@@ -17,10 +17,11 @@ from pathlib import Path
 from . import frames
 from .certs import CertsLayout, load_cert
 from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
-from .connection import STALL_TIMEOUT, Connection, tls_handshake, tune_socket
+from .connection import Connection, tls_handshake, tune_socket
 from .console import Console, show_message
 from .errors import ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError, TransferError, UsageError
 from .inbox import Inbox, Verdict
+from .outbox import STALL_TIMEOUT
 from .outgoing import Outgoing
 from .room import Participant, Pause, Relay, Room
 from .tls import peer_identity, server_context

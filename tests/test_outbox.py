@@ -74,3 +74,15 @@ def test_blocking_put_gives_up_on_a_stalled_reader():
 
 def test_low_water_is_below_high_water():
     assert 0 < DATA_LOW_WATER < DATA_HIGH_WATER
+
+
+def test_stall_clock_runs_while_a_paused_source_still_waits():
+    """Between the low and high marks a source stays paused, so a frozen peer must still count as stalled."""
+    box, _ = make()
+    frame = b"x" * (1024 * 1024)
+    while box.put_data_nowait(frame):
+        pass
+    assert box.pop() is not None  # one frame drains: below high water, above low water
+    assert not box.has_room()
+    time.sleep(0.05)
+    assert box.stalled_for() >= 0.05
