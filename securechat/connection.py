@@ -221,8 +221,10 @@ class Connection:
 
     def _serve(self) -> str:
         poller = select.poll()
-        poller.register(self._wake_r, _POLL_IN)
-        poller.register(self.sock, _POLL_IN)
+        wake_fd, sock_fd = self._wake_r.fileno(), self.sock.fileno()
+        poller.register(wake_fd, _POLL_IN)
+        poller.register(sock_fd, _POLL_IN)
+        registered = _POLL_IN
         while True:
             if self.outbox.failure is not None:
                 raise PeerTooSlow(self.outbox.failure)
@@ -238,18 +240,24 @@ class Connection:
                 return self._bye_reason or "peer left"
             write_blocked = self._flush()
             paused = self._paused()
-            events = 0 if paused else _POLL_IN
-            if write_blocked:
-                events |= _POLL_OUT
-            poller.modify(self.sock, events)
+            events = (0 if paused else _POLL_IN) | (_POLL_OUT if write_blocked else 0)
+            if events != registered:  # a syscall saved on most turns of a busy room
+                poller.modify(sock_fd, events)
+                registered = events
             if not paused and self.sock.pending():
-                timeout = 0.0
+                ready = [(sock_fd, _POLL_IN)]  # decrypted bytes already wait inside OpenSSL
             else:
                 timeout = self._poll_timeout()
-            for fd, _ in poller.poll(None if timeout is None else timeout * 1000):
-                if fd == self._wake_r.fileno():
+                ready = poller.poll(None if timeout is None else timeout * 1000)
+            readable = False
+            for fd, happened in ready:
+                if fd == wake_fd:
                     self._drain_wake()
-            if not paused:
+                elif happened & (_POLL_IN | _POLL_ERR):
+                    readable = True
+            # Only read when the socket said so: a wake-up alone would cost a
+            # failed SSL read (a syscall and an exception) per queued frame.
+            if readable and not paused:
                 self._read()
 
     def _poll_timeout(self) -> float | None:
@@ -272,8 +280,7 @@ class Connection:
         # between would be read away while the flag stayed set, and every
         # later wake would be skipped. This order costs one spurious wake.
         try:
-            while self._wake_r.recv(4096):
-                pass
+            self._wake_r.recv(4096)  # wakers write one byte at a time, rarely two: one read empties it
         except (BlockingIOError, InterruptedError):
             pass
         with self._wake_lock:

@@ -213,6 +213,22 @@ class Operator(Participant):
             source.close()
 
 
+def _raise_open_file_limit() -> None:
+    """Each client costs three descriptors (its socket and a wake-up socketpair);
+    the common default soft limit of 1024 would cap a room near 340 people."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass
+
+
 class Server:
     def __init__(self, certs: Path, host: str, port: int, downloads: Downloads, console: Console) -> None:
         self.context = server_context(certs)
@@ -230,6 +246,7 @@ class Server:
         self.address: tuple[str, int] = (host, port)
 
     def bind(self) -> tuple[str, int]:
+        _raise_open_file_limit()
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except socket.gaierror as exc:
