@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import CertificateError, UsageError
 
+PASSPHRASE_ENV = "SECURECHAT_CA_PASSPHRASE"
 CA_DAYS = 3650
 DEFAULT_DAYS = 365
 CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -68,6 +69,10 @@ class CertsLayout:
 
     def client_key(self, name: str) -> Path:
         return self.clients / f"{name}.key"
+
+    @property
+    def crl(self) -> Path:
+        return self.root / "crl.pem"
 
     def client_names(self) -> list[str]:
         if not self.clients.is_dir():
@@ -168,6 +173,29 @@ def issue_client(ca_cert: x509.Certificate, ca_key, name: str, days: int = DEFAU
     return _build(_name(name), key.public_key(), ca_cert.subject, ca_key, days, extensions), key
 
 
+CRL_DAYS = 3650  # our own server re-reads it on change; it must not expire under a running room
+
+
+def write_crl(layout: CertsLayout, ca_cert: x509.Certificate, ca_key, revoked: list[x509.RevokedCertificate],
+              number: int = 1) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=CRL_DAYS))
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    # Write beside, then rename: a server re-reading it never sees half a file.
+    temp = layout.crl.with_name(f".{layout.crl.name}.tmp")
+    temp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    os.replace(temp, layout.crl)
+
+
 # --------------------------------------------------------------------------- #
 # Files
 
@@ -188,10 +216,11 @@ def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
         f.write(data)
 
 
-def save_pair(cert: x509.Certificate, key, cert_path: Path, key_path: Path, force: bool) -> None:
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+def save_pair(cert: x509.Certificate, key, cert_path: Path, key_path: Path, force: bool,
+              passphrase: bytes | None = None) -> None:
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     _write_new(key_path, key_pem, 0o600, force)
     _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, force)
 
@@ -205,13 +234,27 @@ def load_cert(path: Path) -> x509.Certificate:
         raise CertificateError(f"{path} is not a PEM certificate") from exc
 
 
-def load_key(path: Path):
+def key_is_encrypted(path: Path) -> bool:
     try:
-        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return b"ENCRYPTED" in path.read_bytes()[:64]
+    except FileNotFoundError:
+        return False
+
+
+def load_key(path: Path, passphrase: bytes | None = None):
+    try:
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         raise CertificateError(f"private key {path} not found; create it with: securechat gen-certs") from exc
+    encrypted = b"ENCRYPTED" in data[:64]
+    if encrypted and not passphrase:
+        raise CertificateError(f"{path} is protected by a passphrase; set {PASSPHRASE_ENV} or run in a terminal to be asked")
+    try:
+        return serialization.load_pem_private_key(data, password=passphrase if encrypted else None)
     except (ValueError, TypeError) as exc:
-        raise CertificateError(f"{path} is not an unencrypted PEM private key") from exc
+        if encrypted:
+            raise CertificateError(f"wrong passphrase for {path}") from exc
+        raise CertificateError(f"{path} is not a PEM private key") from exc
 
 
 @dataclass(frozen=True)
@@ -233,7 +276,7 @@ def _issued(role: str, cert: x509.Certificate, cert_path: Path, key_path: Path, 
 
 
 def generate(out: Path, clients: list[str], server_names: list[str], days: int = DEFAULT_DAYS,
-             force: bool = False) -> list[Issued]:
+             force: bool = False, ca_passphrase: bytes | None = None) -> list[Issued]:
     """Create what is missing in `out`: CA, server certificate, the named clients.
 
     An existing CA is reused (a new client is issued from it without touching
@@ -250,12 +293,14 @@ def generate(out: Path, clients: list[str], server_names: list[str], days: int =
     report: list[Issued] = []
 
     if layout.ca_cert.exists() or layout.ca_key.exists():
-        ca_cert, ca_key = load_cert(layout.ca_cert), load_key(layout.ca_key)
+        ca_cert, ca_key = load_cert(layout.ca_cert), load_key(layout.ca_key, ca_passphrase)
         report.append(_issued("CA", ca_cert, layout.ca_cert, layout.ca_key, created=False))
     else:
         ca_cert, ca_key = create_ca()
-        save_pair(ca_cert, ca_key, layout.ca_cert, layout.ca_key, force=False)
+        save_pair(ca_cert, ca_key, layout.ca_cert, layout.ca_key, force=False, passphrase=ca_passphrase)
         report.append(_issued("CA", ca_cert, layout.ca_cert, layout.ca_key, created=True))
+    if not layout.crl.exists():
+        write_crl(layout, ca_cert, ca_key, [])  # the server always loads a CRL: start with an empty one
 
     if force or not layout.server_cert.exists():
         cert, key = issue_server(ca_cert, ca_key, server_names, days)

@@ -18,7 +18,8 @@ from typing import Callable, List, Optional
 import typer
 
 from . import __version__
-from .certs import DEFAULT_DAYS, generate
+from .certs import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout, generate, key_is_encrypted
+from .revocation import revoke as revoke_client
 from .checksums import verify_paths
 from .client import Client
 from .commands import Command, Quit, read_commands
@@ -26,7 +27,7 @@ from .console import Console, visible
 from .errors import SecureChatError, UsageError
 from .server import Server
 from .tls import ClientFiles
-from .transfer import Downloads
+from .transfer import Downloads, parse_size
 
 DEFAULT_PORT = 7443
 
@@ -92,6 +93,25 @@ def _prepare_stdout() -> None:
             stream.reconfigure(errors="backslashreplace", line_buffering=True)
 
 
+def _ca_passphrase(layout: CertsLayout, creating: bool) -> bytes | None:
+    """The CA key's passphrase: from the environment or a prompt, never from argv."""
+    if not creating and not key_is_encrypted(layout.ca_key):
+        return None
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env:
+        return from_env.encode("utf-8")
+    if not sys.stdin.isatty():
+        raise UsageError(f"the CA key passphrase is needed: set {PASSPHRASE_ENV} (stdin is not a terminal to ask on)")
+    import getpass
+
+    first = getpass.getpass("CA key passphrase: ")
+    if creating and getpass.getpass("again: ") != first:
+        raise UsageError("the passphrases differ; nothing was created")
+    if not first:
+        raise UsageError("an empty passphrase protects nothing")
+    return first.encode("utf-8")
+
+
 @app.command("gen-certs")
 @friendly
 def gen_certs(
@@ -100,10 +120,16 @@ def gen_certs(
     server_name: List[str] = typer.Option([], "--server-name", help="Extra DNS name or IP for the server certificate (repeatable)."),
     days: int = typer.Option(DEFAULT_DAYS, "--days", help="Validity of the server and client certificates."),
     force: bool = typer.Option(False, "--force", help="Reissue the server and named client certificates."),
+    protect_ca: bool = typer.Option(False, "--protect-ca", help=f"Encrypt a new CA key with a passphrase (from {PASSPHRASE_ENV} or asked)."),
 ) -> None:
     """Create a private CA, a server certificate and client certificates."""
     _prepare_stdout()
-    report = generate(out, client, server_name, days, force)
+    layout = CertsLayout(out)
+    creating_ca = not layout.ca_key.exists()
+    if protect_ca and not creating_ca and not key_is_encrypted(layout.ca_key):
+        raise UsageError(f"{layout.ca_key} exists unprotected; --protect-ca only applies to a new CA")
+    passphrase = _ca_passphrase(layout, creating=creating_ca and protect_ca)
+    report = generate(out, client, server_name, days, force, passphrase)
     for item in report:
         status = "created" if item.created else "kept   "
         print(f"{status} {item.role:<16} {item.subject:<24} expires {item.not_after:%Y-%m-%d}  {item.cert_path}")
@@ -120,17 +146,38 @@ def gen_certs(
 
 @app.command()
 @friendly
+def revoke(
+    name: str = typer.Argument(..., help="The client to revoke (its certificate in CERTS/clients/NAME.pem)."),
+    certs: Path = typer.Option(Path("certs"), "--certs", help="Folder made by gen-certs (with ca.key)."),
+) -> None:
+    """Revoke a client certificate: a running server refuses it from its next connection."""
+    _prepare_stdout()
+    layout = CertsLayout(certs)
+    if not layout.client_cert(name).exists():
+        known = ", ".join(layout.client_names()) or "none"
+        raise UsageError(f"no client certificate {layout.client_cert(name)} (clients here: {known})")
+    serial, already = revoke_client(certs, name, _ca_passphrase(layout, creating=False))
+    if already:
+        print(f"{name} (serial {serial:x}) was revoked already")
+    else:
+        print(f"revoked {name} (serial {serial:x}) in {layout.crl}; servers using {certs} refuse it from now on")
+
+
+@app.command()
+@friendly
 def serve(
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
     port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on; 0 picks a free one."),
     certs: Path = typer.Option(Path("certs"), "--certs", help="Folder made by gen-certs."),
     downloads: Path = typer.Option(Path("downloads"), "--downloads", help="Where received files are saved."),
+    max_file_size: Optional[str] = typer.Option(None, "--max-file-size", help="Refuse received files larger than this (e.g. 2GiB)."),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per line for every event."),
 ) -> None:
     """Run the TLS 1.3 room; the operator at this terminal chats and sends files too."""
     _prepare_stdout()
     console = Console(json_output)
-    server = Server(certs, host, port, Downloads(downloads), console)
+    limit = parse_size(max_file_size) if max_file_size else None
+    server = Server(certs, host, port, Downloads(downloads, limit), console)
     bound_host, bound_port = server.bind()
     console.event("listening", host=bound_host, port=bound_port, name=server.operator.name)
     server.start()
@@ -172,6 +219,7 @@ def join(
     key: Optional[Path] = typer.Option(None, "--key", help="Client private key file (with --cert)."),
     ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate file (overrides --certs)."),
     downloads: Path = typer.Option(Path("downloads"), "--downloads", help="Where received files are saved."),
+    max_file_size: Optional[str] = typer.Option(None, "--max-file-size", help="Refuse received files larger than this (e.g. 2GiB)."),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per line for every event."),
 ) -> None:
     """Join a securechat server as one of its clients."""
@@ -185,7 +233,8 @@ def join(
         if ca is not None:
             files = ClientFiles(ca, files.cert, files.key)
     console = Console(json_output)
-    client = Client(host, port, files, Downloads(downloads), console)
+    limit = parse_size(max_file_size) if max_file_size else None
+    client = Client(host, port, files, Downloads(downloads, limit), console)
     client.connect()
     assert client.conn is not None
 

@@ -115,6 +115,7 @@ class Hello:
     TYPE: ClassVar[str] = "hello"
     version: int = _f(_uint(2**16))
     software: str = _f(_text(256), "")
+    name: str | None = _f(_optional(_identity), None)  # if sent, must match the certificate
 
 
 @dataclass(frozen=True)

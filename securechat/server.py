@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+import time
 from pathlib import Path
 
 from . import frames
@@ -24,10 +25,13 @@ from .inbox import Inbox, Verdict
 from .outbox import STALL_TIMEOUT
 from .outgoing import Outgoing
 from .room import Participant, Pause, Relay, Room
+from .revocation import revoked_serials
 from .tls import peer_identity, server_context
 from .transfer import Downloads, FileSource
 
-MAX_PENDING_HANDSHAKES = 64
+MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections at once; more are refused at accept
+CHAT_RATE = 20.0  # lines per second a member may send, on average
+CHAT_BURST = 60  # lines a member may send at once
 SHUTDOWN_TIMEOUT = 10.0
 SOFTWARE = "securechat-server/0.1"
 
@@ -37,11 +41,28 @@ class Session(Participant):
 
     def __init__(self, server: "Server", sock, name: str) -> None:
         self.name = name
+        self.serial = int(sock.getpeercert()["serialNumber"], 16)
         self.server = server
         self.room = server.room
         self.conn = Connection(sock, name, self._on_frame, self._on_close)
         self._greeted = False
         self._uploads: dict[int, Relay] = {}
+        self._tokens = float(CHAT_BURST)
+        self._tokens_at = time.monotonic()
+        self._warned_at = 0.0
+
+    def _may_chat(self) -> bool:
+        """Token bucket: a flood from one member is refused; nobody else notices."""
+        now = time.monotonic()
+        self._tokens = min(CHAT_BURST, self._tokens + (now - self._tokens_at) * CHAT_RATE)
+        self._tokens_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        if now - self._warned_at > 1.0:
+            self._warned_at = now
+            self.deliver(frames.Notice(text=f"too many lines (limit {CHAT_RATE:.0f} per second): lines dropped, slow down"))
+        return False
 
     # ------------------------------------------------ Participant
 
@@ -85,6 +106,8 @@ class Session(Participant):
                 if not relay.finished:
                     self.room.relay_chunk(relay, memoryview(frame.data), conn.wait_for)
             case frames.Chat():
+                if not self._may_chat():
+                    return
                 problem = self.room.chat(self, frame.text, frame.to)
                 if problem:
                     self.deliver(frames.Notice(text=f"/msg {frame.to}: {problem}"))
@@ -120,6 +143,8 @@ class Session(Participant):
             raise RemoteProtocolError(
                 f"protocol version {frame.version} is not supported; this server speaks {frames.PROTOCOL_VERSION}"
             )
+        if frame.name is not None and frame.name != self.name:
+            raise RemoteProtocolError(f"hello claims to be {frame.name!r}, but the certificate says {self.name!r}")
         self._greeted = True
         self.conn.send(frames.Hello(version=frames.PROTOCOL_VERSION, software=SOFTWARE))
         self.conn.send(frames.Welcome(you=self.name, server=self.server.operator.name, members=self.room.names()))
@@ -231,7 +256,9 @@ def _raise_open_file_limit() -> None:
 
 class Server:
     def __init__(self, certs: Path, host: str, port: int, downloads: Downloads, console: Console) -> None:
+        self.certs = certs
         self.context = server_context(certs)
+        self._crl_stamp = self._stamp()
         name = load_cert(CertsLayout(certs).server_cert).subject.rfc4514_string().removeprefix("CN=")
         self.host, self.port = host, port
         self.console = console
@@ -272,9 +299,34 @@ class Server:
     def start(self) -> None:
         threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
 
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = CertsLayout(self.certs).crl.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _reload_crl_if_changed(self) -> None:
+        """`securechat revoke` rewrote the CRL: use it from the next handshake, drop the revoked now."""
+        stamp = self._stamp()
+        if stamp == self._crl_stamp:
+            return
+        try:
+            context, revoked = server_context(self.certs), revoked_serials(CertsLayout(self.certs).crl)
+        except SecureChatError as exc:
+            self.console.error(f"keeping the previous CRL: {exc}")
+            return
+        self._crl_stamp, self.context = stamp, context
+        with self._lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            if session.serial in revoked:
+                session.kick("certificate revoked")
+
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._stopping.is_set():
+            self._reload_crl_if_changed()  # at least every 0.5 s: the accept timeout
             try:
                 raw, addr = self._listener.accept()
             except TimeoutError:

@@ -83,6 +83,13 @@ def server_context(certs: Path) -> ssl.SSLContext:
     context.num_tickets = 0
     _load_chain(context, layout.server_cert, layout.server_key)
     _load_ca(context, layout.ca_cert)
+    if not layout.crl.is_file():
+        raise CertificateError(f"{layout.crl} not found; run securechat gen-certs --out {certs} to create it")
+    try:
+        context.load_verify_locations(cafile=layout.crl)
+    except ssl.SSLError as exc:
+        raise CertificateError(f"{layout.crl} is not a usable CRL ({exc.reason})") from exc
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import secrets
 import stat
 import threading
@@ -30,6 +31,19 @@ TEMP_PREFIX = ".securechat-"
 TEMP_SUFFIX = ".part"
 FREE_SPACE_RESERVE = 64 * 1024 * 1024  # never fill the disk to the last byte
 MAX_NAME_ATTEMPTS = 10_000
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """`500MB`, `10GiB`, `1234` (bytes) -> bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"size {text!r} is not like 500MB, 10GiB or 1234 (bytes)")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
 
 
 def human_size(n: int) -> str:
