@@ -58,7 +58,7 @@ def free_port() -> int:
 class Proc:
     """A securechat subprocess whose stdout --json events are collected by a thread."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, env: dict | None = None, **popen_kwargs) -> None:
         self.args = args
         self.popen = subprocess.Popen(
             securechat_command() + args,
@@ -66,7 +66,8 @@ class Proc:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            **popen_kwargs,
         )
         self.events: list[dict] = []
         self._queue: queue.Queue = queue.Queue()
@@ -144,8 +145,8 @@ def procs():
     """Start securechat processes; every one is stopped when the test ends."""
     started: list[Proc] = []
 
-    def start(args: list[str], cwd: Path) -> Proc:
-        proc = Proc(args, cwd)
+    def start(args: list[str], cwd: Path, **kwargs) -> Proc:
+        proc = Proc(args, cwd, **kwargs)
         started.append(proc)
         return proc
 
@@ -154,31 +155,43 @@ def procs():
         proc.stop()
 
 
-@pytest.fixture
-def room(pki, procs, tmp_path):
+class Room:
     """A running `securechat serve --json` on 127.0.0.1, and a way to join it."""
 
-    class Room:
-        def __init__(self) -> None:
-            self.dir = tmp_path
-            self.server = procs(
-                ["serve", "--host", "127.0.0.1", "--port", "0", "--certs", str(pki),
-                 "--downloads", str(tmp_path / "server-downloads"), "--json"],
-                tmp_path,
-            )
-            self.port = self.server.wait_event("listening")["port"]
+    def __init__(self, procs, certs: Path, folder: Path, server_args=(), **server_kwargs) -> None:
+        self.procs, self.certs, self.dir = procs, certs, folder
+        self.server = procs(
+            ["serve", "--host", "127.0.0.1", "--port", "0", "--certs", str(certs),
+             "--downloads", str(folder / "server-downloads"), "--json", *server_args],
+            folder, **server_kwargs,
+        )
+        self.port = self.server.wait_event("listening")["port"]
 
-        def join(self, name: str, *extra: str) -> Proc:
-            client = procs(
-                ["join", "127.0.0.1", "--port", str(self.port), "--certs", str(pki), "--name", name,
-                 "--downloads", str(tmp_path / f"{name}-downloads"), "--json", *extra],
-                tmp_path,
-            )
-            client.wait_event("connected")
-            self.server.wait_event("joined", name=name)
-            return client
+    def start_client(self, name: str, *extra: str, **kwargs) -> Proc:
+        return self.procs(
+            ["join", "127.0.0.1", "--port", str(self.port), "--certs", str(self.certs), "--name", name,
+             "--downloads", str(self.dir / f"{name}-downloads"), "--json", *extra],
+            self.dir, **kwargs,
+        )
 
-    return Room()
+    def join(self, name: str, *extra: str, **kwargs) -> Proc:
+        client = self.start_client(name, *extra, **kwargs)
+        client.wait_event("connected")
+        self.server.wait_event("joined", name=name)
+        return client
+
+
+@pytest.fixture
+def make_room(pki, procs, tmp_path):
+    def make(*server_args: str, certs: Path | None = None, **server_kwargs) -> Room:
+        return Room(procs, certs or pki, tmp_path, server_args, **server_kwargs)
+
+    return make
+
+
+@pytest.fixture
+def room(make_room) -> Room:
+    return make_room()
 
 
 class RawClient:
@@ -239,8 +252,8 @@ class RawClient:
 def raw_client(pki):
     opened: list[RawClient] = []
 
-    def connect(port: int, name: str = "dave") -> RawClient:
-        client = RawClient(port, ClientFiles.from_certs_dir(pki, name))
+    def connect(port: int, name: str = "dave", certs: Path | None = None) -> RawClient:
+        client = RawClient(port, ClientFiles.from_certs_dir(certs or pki, name))
         opened.append(client)
         return client
 

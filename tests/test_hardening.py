@@ -1,0 +1,228 @@
+"""Issue 4: hostile peers over real TLS, from raw clients written against docs/protocol.md.
+
+Each test sends what an attacker would and checks what must (not) happen on disk,
+on the wire, and for everyone else in the room.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import socket
+import time
+
+import pytest
+
+from securechat import frames
+from securechat.filenames import safe_filename
+
+
+def offer_file(raw, transfer_id: int, name: str, data: bytes, sha: str | None = None) -> None:
+    raw.send(frames.Offer(id=transfer_id, name=name, size=len(data)))
+    for start in range(0, len(data), frames.MAX_CHUNK_DATA):
+        raw.send_bytes(frames.encode_chunk(transfer_id, data[start : start + frames.MAX_CHUNK_DATA]))
+    raw.send(frames.End(id=transfer_id, sha256=sha or hashlib.sha256(data).hexdigest()))
+
+
+def results(raw, count: int, timeout: float = 20) -> dict[int, frames.Result]:
+    """The next `count` Result frames for our own transfers, by id."""
+    got: dict[int, frames.Result] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        frame = raw.next_frame(max(0.1, deadline - time.monotonic()))
+        assert frame is not None, f"connection closed; results so far: {got}"
+        if isinstance(frame, frames.Result):
+            got[frame.id] = frame
+    return got
+
+
+def tree(folder) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+HOSTILE_NAMES = [
+    "../../.ssh/authorized_keys", "/etc/passwd", "..\\..\\x", "a/b", "C:\\x", "\\\\srv\\share\\x",
+    ".", "..", "", "nu\0l.txt", "é" * 200 + ".txt", "CON", "nul.txt", "COM1", "trailing.", "trailing ",
+    "ｆｏｏ／．．／bar", "invoice\u202efdp.exe", "zero\u200bwidth\u200c.txt", "file..png", "\x1b[2Jansi.png",
+]
+
+
+def test_hostile_file_names_land_as_safe_basenames_inside_downloads(room, raw_client, tmp_path):
+    outside_before = tree(tmp_path) - {p for p in tree(tmp_path) if p.startswith("server-downloads")}
+    raw = raw_client(room.port)
+    raw.hello()
+    for i, name in enumerate(HOSTILE_NAMES, start=1):
+        offer_file(raw, i, name, f"content {i}".encode())
+    verdicts = results(raw, len(HOSTILE_NAMES))
+    assert all(v.ok for v in verdicts.values()), verdicts
+    downloads = tmp_path / "server-downloads"
+    saved = {e["name"] for e in room.server.events if e["event"] == "file_received"}
+    for name in HOSTILE_NAMES:
+        expected = safe_filename(name)
+        assert any(s == expected or s.startswith(expected.rsplit(".", 1)[0] + " (") for s in saved), (name, saved)
+    for entry in os.listdir(downloads):
+        assert (downloads / entry).resolve().parent == downloads.resolve()
+        assert not entry.startswith(".") and "/" not in entry and "\\" not in entry
+        assert len(entry.encode()) <= 255
+        assert not any(ch in entry for ch in "\0\x1b\u202e\u200b\u200c")
+    assert "file..png" in saved  # a legal name is kept as it is
+    outside_after = tree(tmp_path) - {p for p in tree(tmp_path) if p.startswith("server-downloads")}
+    assert outside_after == outside_before
+    assert not (tmp_path / ".ssh").exists() and not (tmp_path.parent / ".ssh").exists()
+
+
+def test_planted_symlink_and_existing_file_are_never_touched(room, raw_client, tmp_path):
+    downloads = tmp_path / "server-downloads"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.symlink(victim, downloads / "link.txt")
+    (downloads / "existing.txt").write_text("mine")
+    raw = raw_client(room.port)
+    raw.hello()
+    offer_file(raw, 1, "link.txt", b"attack")
+    offer_file(raw, 2, "existing.txt", b"attack")
+    assert all(v.ok for v in results(raw, 2).values())
+    assert victim.read_text() == "precious" and os.path.islink(downloads / "link.txt")
+    assert (downloads / "existing.txt").read_text() == "mine"
+    assert (downloads / "link (1).txt").read_bytes() == b"attack"
+    assert (downloads / "existing (1).txt").read_bytes() == b"attack"
+
+
+def test_symlinked_downloads_folder_is_refused(pki, procs, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    os.symlink(real, tmp_path / "link")
+    server = procs(["serve", "--port", "0", "--certs", str(pki), "--downloads", str(tmp_path / "link")], tmp_path)
+    assert server.wait_exit() == 1
+    assert "symbolic link" in "".join(server.stderr_lines)
+    assert os.listdir(real) == []
+
+
+@pytest.mark.parametrize(
+    "size,send,reason",
+    [
+        (10, b"12345", "truncated"),
+        (4, b"data", "SHA-256 mismatch"),  # End below carries the hash of other bytes
+    ],
+)
+def test_integrity_failures_delete_the_temp_file_and_tell_the_sender(room, raw_client, tmp_path, size, send, reason):
+    raw = raw_client(room.port)
+    raw.hello()
+    raw.send(frames.Offer(id=1, name="x.bin", size=size))
+    raw.send_bytes(frames.encode_chunk(1, send))
+    raw.send(frames.End(id=1, sha256=hashlib.sha256(b"other").hexdigest()))
+    verdict = results(raw, 1)[1]
+    assert not verdict.ok and reason in verdict.reason and verdict.sender == "server"
+    assert os.listdir(tmp_path / "server-downloads") == []
+    raw.send(frames.Who())  # the connection survives a bad file
+    assert isinstance(raw.next_frame(), frames.Who)
+
+
+def test_huge_declared_size_is_refused_before_any_byte(room, raw_client, tmp_path):
+    raw = raw_client(room.port)
+    raw.hello()
+    raw.send(frames.Offer(id=1, name="terabyte.bin", size=2**40))
+    verdict = results(raw, 1)[1]
+    assert not verdict.ok and "free space" in verdict.reason
+    assert os.listdir(tmp_path / "server-downloads") == []
+    raw.send_bytes(frames.encode_chunk(1, b"ignored"))  # chunks after a refusal are dropped quietly
+    raw.send(frames.Who())
+    got = [raw.next_frame(), raw.next_frame()]
+    assert frames.Cancel(id=1, reason="no recipient left") in got  # stop sending: nobody takes it
+    assert isinstance(got[-1], frames.Who)
+
+
+def test_max_file_size_option(make_room, raw_client, tmp_path):
+    room = make_room("--max-file-size", "1KB")
+    raw = raw_client(room.port)
+    raw.hello()
+    offer_file(raw, 1, "big.bin", b"x" * 2000)
+    offer_file(raw, 2, "small.bin", b"x" * 999)
+    verdicts = results(raw, 2)
+    assert not verdicts[1].ok and "exceeds the limit" in verdicts[1].reason
+    assert verdicts[2].ok
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, 1024 * 1024))
+
+
+def test_disk_full_mid_write_removes_the_temp_file(make_room, raw_client, tmp_path):
+    # RLIMIT_FSIZE makes the server's writes fail with EFBIG past 1 MiB, like a full disk.
+    room = make_room(preexec_fn=_limit_file_size)
+    raw = raw_client(room.port)
+    raw.hello()
+    offer_file(raw, 1, "big.bin", os.urandom(3 * 1024 * 1024))
+    verdict = results(raw, 1)[1]
+    assert not verdict.ok and "cannot write" in verdict.reason
+    assert os.listdir(tmp_path / "server-downloads") == []
+    offer_file(raw, 2, "small.bin", b"fits")
+    assert results(raw, 1)[2].ok
+
+
+def test_silent_and_dribbling_connections_do_not_lock_out_a_real_client(room, raw_client):
+    lurkers = []
+    try:
+        for i in range(200):
+            s = socket.create_connection(("127.0.0.1", room.port), timeout=5)
+            if i % 2:
+                s.sendall(b"\x16")  # the first byte of a ClientHello, and then nothing more
+            lurkers.append(s)
+        started = time.monotonic()
+        raw = raw_client(room.port)  # a real client still gets in, at once
+        raw.hello()
+        assert time.monotonic() - started < 5
+        for s in lurkers:  # and the lurkers are closed after the 10 s handshake timeout
+            s.settimeout(max(0.5, started + 20 - time.monotonic()))
+            assert s.recv(1) == b""
+        assert time.monotonic() - started < 20
+    finally:
+        for s in lurkers:
+            s.close()
+
+
+def test_a_flood_is_rate_limited_without_affecting_others(room, raw_client):
+    bob = room.join("bob")
+    carol = room.join("carol")
+    flooder = raw_client(room.port)
+    flooder.hello()
+    flooder.send_bytes(b"".join(frames.encode(frames.Chat(text=f"spam {i}")) for i in range(1000)))
+    carol.send("not delayed by the spam")
+    bob.wait_event("message", text="not delayed by the spam")
+    notice = None
+    while notice is None:
+        frame = flooder.next_frame()
+        if isinstance(frame, frames.Notice):
+            notice = frame
+    assert "too many lines" in notice.text
+    bob.send("/who")
+    bob.wait_event("who")
+    assert bob.count("message", **{"from": "dave"}) < 200
+
+
+def test_hello_claiming_another_identity_is_refused(room, raw_client):
+    raw = raw_client(room.port, name="dave")
+    raw.send(frames.Hello(version=1, name="alice"))
+    got = raw.frames_until_closed()
+    assert any(isinstance(f, frames.Bye) and "claims to be 'alice'" in f.reason for f in got)
+    assert room.server.count("joined", name="alice") == 0
+
+
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (b'{"type":"chat","text":"a","text":"b"}', "duplicate key"),
+        (b"[" * 60_000, "nested too deeply"),
+        (b'{"type":"offer","id":1,"name":"x","size":1e999}', "not valid"),
+    ],
+)
+def test_hostile_json_after_hello(room, raw_client, payload, reason):
+    bob = room.join("bob")
+    raw = raw_client(room.port)
+    raw.hello()
+    raw.send_bytes(frames.HEADER.pack(frames.KIND_CONTROL, len(payload)) + payload)
+    got = raw.frames_until_closed()
+    assert any(isinstance(f, frames.Bye) and reason in f.reason for f in got), got
+    bob.send("others unaffected")
+    room.server.wait_event("message", text="others unaffected")
