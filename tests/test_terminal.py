@@ -1,0 +1,108 @@
+"""What a person's terminal shows: hostile escapes stay visible text, the screen is untouched.
+
+Runs a real `securechat join` inside tmux and reads the screen with capture-pane.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import securechat_command
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+
+EVIL = [
+    "clear \x1b[2J\x1b[H done",
+    "title \x1b]0;pwned\x07 done",
+    "clipboard \x1b]52;c;ZWNobyBwd25lZA==\x07 done",
+    "cursor \x1b[10A\x1b[5D up done",
+    "c1 \x9b2J done",
+    "erase abc\b\b\bxyz done",
+    "bidi \u202etxt.exe done",
+]
+
+
+class Tmux:
+    def __init__(self, command: list[str], cwd) -> None:
+        self.session = f"sc-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
+                        "-c", str(cwd), " ".join(command)], check=True, timeout=10)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.session], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    def title(self) -> str:
+        return subprocess.run(["tmux", "display-message", "-p", "-t", self.session, "#{pane_title}"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+
+    def wait_for(self, text: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not on screen:\n{screen}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True, timeout=10)
+
+
+def test_escape_sequences_are_shown_not_obeyed(room, pki, tmp_path):
+    command = securechat_command() + ["join", "127.0.0.1", "--port", str(room.port), "--certs", str(pki),
+                                      "--name", "carol", "--downloads", str(tmp_path / "carol-dl")]
+    term = Tmux(command, tmp_path)
+    try:
+        term.wait_for("connected to 127.0.0.1")
+        title_before = term.title()
+        room.server.wait_event("joined", name="carol")
+        room.server.send("MARKER-BEFORE 你好 🎉 café")
+        for line in EVIL:
+            room.server.send(line)
+        room.server.send("MARKER-AFTER")
+        screen = term.wait_for("MARKER-AFTER")
+        assert "MARKER-BEFORE 你好 🎉 café" in screen  # not cleared, not mangled
+        assert "connected to 127.0.0.1" in screen
+        for visible in ("\\x1b[2J\\x1b[H", "\\x1b]0;pwned\\x07", "\\x1b]52;c;ZWNobyBwd25lZA==\\x07",
+                        "\\x1b[10A\\x1b[5D", "\\x9b2J", "abc\\x08\\x08\\x08xyz", "\\u202etxt.exe"):
+            assert visible in screen, (visible, screen)
+        lines = screen.splitlines()
+        order = [next(i for i, l in enumerate(lines) if marker in l)
+                 for marker in ("MARKER-BEFORE", "clear", "title", "clipboard", "cursor", "c1", "erase", "bidi",
+                                "MARKER-AFTER")]
+        assert order == sorted(order)  # every line where it belongs: nothing moved the cursor
+        assert term.title() == title_before and "pwned" not in term.title()
+    finally:
+        term.kill()
+
+
+def test_hostile_file_name_is_shown_escaped(room, pki, tmp_path, raw_client):
+    import hashlib
+
+    from securechat import frames
+
+    command = securechat_command() + ["serve", "--host", "127.0.0.1", "--port", "0", "--certs", str(pki),
+                                      "--downloads", str(tmp_path / "tmux-server-dl")]
+    term = Tmux(command, tmp_path)
+    try:
+        screen = term.wait_for("listening on 127.0.0.1:")
+        port = int(screen.split("listening on 127.0.0.1:")[1].split()[0])
+        raw = raw_client(port)
+        raw.hello()
+        name = "\x1b[2Jinvoice\u202efdp.exe"
+        raw.send(frames.Offer(id=1, name=name, size=3))
+        raw.send_bytes(frames.encode_chunk(1, b"abc"))
+        raw.send(frames.End(id=1, sha256=hashlib.sha256(b"abc").hexdigest()))
+        screen = term.wait_for("verified, saved")
+        assert "listening on 127.0.0.1" in screen  # the screen was not cleared
+        assert "[2Jinvoicefdp.exe" in screen  # saved under the sanitised name, shown as such
+        assert "\u202e" not in screen
+    finally:
+        term.kill()
