@@ -31,7 +31,7 @@ from .errors import CertificateError, UsageError
 
 PASSPHRASE_ENV = "SECURECHAT_CA_PASSPHRASE"
 CA_DAYS = 3650
-DEFAULT_DAYS = 365
+DEFAULT_DAYS = 90  # Mozilla's "modern" profile: leaf certificates live at most 90 days
 CLOCK_SKEW = dt.timedelta(minutes=5)
 SERVER_IDENTITY = "server"  # the operator's name in the room: the server certificate's CN
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -112,7 +112,7 @@ def _build(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(now - CLOCK_SKEW + dt.timedelta(days=days))  # the lifespan is exactly `days`
     )
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)

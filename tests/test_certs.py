@@ -42,8 +42,8 @@ def test_leaf_profile(pki, role):
     assert aki.key_identifier == ext(ca, x509.SubjectKeyIdentifier).value.digest
     ext(cert, x509.SubjectKeyIdentifier)
     cert.verify_directly_issued_by(ca)
-    days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
-    assert days <= 366
+    lifespan = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert lifespan.days == 90 and lifespan.seconds == 0  # Mozilla "modern": at most 90 days
 
 
 def test_server_san(pki):
