@@ -101,7 +101,7 @@ def connect(host: str, port: int, context: ssl.SSLContext, timeout: float = HAND
                 f"server certificate is not valid for {host!r} — regenerate it with: "
                 f"securechat gen-certs --server-name {host} --force"
             ) from exc
-        if "certificate rejected" in text:
+        if "local issuer" in text or "self-signed" in text:
             text += " — is the CA file the ca.pem from this server's certs folder?"
             raise ConnectionFailed(f"cannot connect to {where}: {text}") from exc
         raise ConnectionFailed(f"cannot connect to {where}: {exc}") from exc
