@@ -27,57 +27,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .certfiles import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout
 from .errors import CertificateError, UsageError
 
-PASSPHRASE_ENV = "SECURECHAT_CA_PASSPHRASE"
 CA_DAYS = 3650
-DEFAULT_DAYS = 90  # Mozilla's "modern" profile: leaf certificates live at most 90 days
 CLOCK_SKEW = dt.timedelta(minutes=5)
 SERVER_IDENTITY = "server"  # the operator's name in the room: the server certificate's CN
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-@dataclass(frozen=True)
-class CertsLayout:
-    """Where each file lives inside a certs folder."""
-
-    root: Path
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.root / "ca.pem"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.root / "ca.key"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.root / "server.pem"
-
-    @property
-    def server_key(self) -> Path:
-        return self.root / "server.key"
-
-    @property
-    def clients(self) -> Path:
-        return self.root / "clients"
-
-    def client_cert(self, name: str) -> Path:
-        return self.clients / f"{name}.pem"
-
-    def client_key(self, name: str) -> Path:
-        return self.clients / f"{name}.key"
-
-    @property
-    def crl(self) -> Path:
-        return self.root / "crl.pem"
-
-    def client_names(self) -> list[str]:
-        if not self.clients.is_dir():
-            return []
-        return sorted(p.stem for p in self.clients.glob("*.pem") if (self.clients / f"{p.stem}.key").exists())
 
 
 def check_client_name(name: str) -> str:
@@ -232,13 +189,6 @@ def load_cert(path: Path) -> x509.Certificate:
         raise CertificateError(f"certificate {path} not found; create it with: securechat gen-certs") from exc
     except ValueError as exc:
         raise CertificateError(f"{path} is not a PEM certificate") from exc
-
-
-def key_is_encrypted(path: Path) -> bool:
-    try:
-        return b"ENCRYPTED" in path.read_bytes()[:64]
-    except FileNotFoundError:
-        return False
 
 
 def load_key(path: Path, passphrase: bytes | None = None):

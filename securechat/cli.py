@@ -18,8 +18,7 @@ from typing import Callable, List, Optional
 import typer
 
 from . import __version__
-from .certs import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout, generate, key_is_encrypted
-from .revocation import revoke as revoke_client
+from .certfiles import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout, key_is_encrypted
 from .checksums import verify_paths
 from .client import Client
 from .commands import Command, Quit, read_commands
@@ -129,6 +128,8 @@ def gen_certs(
     if protect_ca and not creating_ca and not key_is_encrypted(layout.ca_key):
         raise UsageError(f"{layout.ca_key} exists unprotected; --protect-ca only applies to a new CA")
     passphrase = _ca_passphrase(layout, creating=creating_ca and protect_ca)
+    from .certs import generate  # cryptography: only the commands that make certificates load it
+
     report = generate(out, client, server_name, days, force, passphrase)
     for item in report:
         status = "created" if item.created else "kept   "
@@ -156,6 +157,8 @@ def revoke(
     if not layout.client_cert(name).exists():
         known = ", ".join(layout.client_names()) or "none"
         raise UsageError(f"no client certificate {layout.client_cert(name)} (clients here: {known})")
+    from .revocation import revoke as revoke_client
+
     serial, already = revoke_client(certs, name, _ca_passphrase(layout, creating=False))
     if already:
         print(f"{name} (serial {serial:x}) was revoked already")

@@ -108,8 +108,19 @@ def connect(host: str, port: int, context: ssl.SSLContext, timeout: float = HAND
     return sock
 
 
+SOCKET_BUFFER = 1024 * 1024
+
+
 def tune_socket(sock: socket.socket) -> None:
-    """Keepalive finds a peer that vanished without a FIN; NODELAY keeps chat prompt."""
+    """Keepalive finds a peer that vanished without a FIN; NODELAY keeps chat prompt.
+
+    Fixed buffers: Linux autotunes a receive buffer up to tcp_rmem's maximum
+    (32 MiB here), and every byte of file data queued in the kernel is a byte a
+    chat line must wait behind (94 ms p99 measured with autotuning). The
+    kernel doubles the value; 2 MiB each way still fills loopback and a LAN.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
@@ -300,8 +311,10 @@ class Connection:
         view = memoryview(self._read_buffer)
         budget = READ_BUDGET
         while budget > 0:
+            # File data goes straight into its frame's buffer; the rest via feed().
+            direct = self._decoder.chunk_buffer()
             try:
-                n = self.sock.recv_into(view)
+                n = self.sock.recv_into(direct if direct is not None else view)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                 return
             except ssl.SSLZeroReturnError:
@@ -318,10 +331,13 @@ class Connection:
                 if self._bye_reason is not None:
                     return
                 raise ConnectionLost("connection closed without a goodbye")
-            self._decoder.feed(view[:n])
+            if direct is not None:
+                self._decoder.chunk_filled(n)
+                if n == len(direct):
+                    return  # a whole chunk is in: hand it on before reading more
+            else:
+                self._decoder.feed(view[:n])
             budget -= n
-            if self._decoder.buffered >= frames.CHUNK_HEADER_SIZE + frames.MAX_CHUNK_DATA:
-                return  # a whole frame is waiting: hand it on before reading more
 
     def _flush(self) -> bool:
         """Write until the outbox is empty (False) or the socket is full (True)."""

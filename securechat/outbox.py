@@ -28,7 +28,7 @@ from typing import Callable
 from .errors import ConnectionLost, PeerTooSlow
 
 CONTROL_LIMIT = 4 * 1024 * 1024
-DATA_HIGH_WATER = 8 * 1024 * 1024
+DATA_HIGH_WATER = 4 * 1024 * 1024
 DATA_LOW_WATER = DATA_HIGH_WATER // 2
 STALL_TIMEOUT = 10.0  # seconds with a full queue and not one frame written
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import frames
-from .certs import CertsLayout, load_cert
+from .certfiles import CertsLayout, common_name
 from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from .connection import Connection, tls_handshake, tune_socket
 from .console import Console, show_message
@@ -25,7 +25,6 @@ from .inbox import Inbox, Verdict
 from .outbox import STALL_TIMEOUT
 from .outgoing import Outgoing
 from .room import Participant, Pause, Relay, Room
-from .revocation import revoked_serials
 from .tls import peer_identity, server_context
 from .transfer import Downloads, FileSource
 
@@ -259,7 +258,7 @@ class Server:
         self.certs = certs
         self.context = server_context(certs)
         self._crl_stamp = self._stamp()
-        name = load_cert(CertsLayout(certs).server_cert).subject.rfc4514_string().removeprefix("CN=")
+        name = common_name(CertsLayout(certs).server_cert)
         self.host, self.port = host, port
         self.console = console
         self.room = Room()
@@ -311,6 +310,8 @@ class Server:
         stamp = self._stamp()
         if stamp == self._crl_stamp:
             return
+        from .revocation import revoked_serials  # cryptography, loaded only once a CRL changes
+
         try:
             context, revoked = server_context(self.certs), revoked_serials(CertsLayout(self.certs).crl)
         except SecureChatError as exc:

@@ -14,7 +14,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from .certs import CertsLayout
+from .certfiles import CertsLayout
 from .errors import CertificateError, UsageError
 from .frames import ALPN_PROTOCOL
 

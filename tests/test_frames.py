@@ -215,3 +215,26 @@ def test_random_json_of_any_type_parses_or_raises_protocol_error(value, kind):
         decode_all(control(obj))
     except RemoteProtocolError:
         pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=6), st.integers(1, 5000))
+def test_direct_chunk_reads_match_feeding(chunks, step):
+    """Receiving into chunk_buffer() (as the connection does) yields the same frames as feed()."""
+    stream = b"".join(frames.encode(frames.Who()) + frames.encode_chunk(i, c) for i, c in enumerate(chunks))
+    decoder = frames.FrameDecoder()
+    out, pos = [], 0
+    while pos < len(stream):
+        target = decoder.chunk_buffer()
+        if target is not None:
+            n = min(len(target), step, len(stream) - pos)
+            target[:n] = stream[pos : pos + n]
+            decoder.chunk_filled(n)
+        else:
+            n = min(step, len(stream) - pos)
+            decoder.feed(stream[pos : pos + n])
+        pos += n
+        while (frame := decoder.next_frame()) is not None:
+            out.append(frame)
+    expected = [f for i, c in enumerate(chunks) for f in (frames.Who(), frames.Chunk(i, c))]
+    assert out == expected
