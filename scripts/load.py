@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -35,14 +34,15 @@ from securechat.client import Client  # noqa: E402
 from securechat.commands import Say, SendFile  # noqa: E402
 from securechat.console import Console  # noqa: E402
 from securechat.tls import ClientFiles  # noqa: E402
-from securechat.transfer import Downloads  # noqa: E402
+from securechat.errors import UsageError  # noqa: E402
+from securechat.transfer import Downloads, parse_size  # noqa: E402
 
 
-def parse_size(text: str) -> int:
-    match = re.fullmatch(r"(\d+)\s*(|B|KiB|MiB|GiB)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"size like 256MiB expected, not {text!r}")
-    return int(match.group(1)) * {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[match.group(2)]
+def size_argument(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 class RecordingConsole(Console):
@@ -206,7 +206,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--messages", type=int, default=400)
     parser.add_argument("--rate", type=float, default=20.0, help="messages per second across the room")
-    parser.add_argument("--fanout-size", type=parse_size, default=parse_size("256MiB"))
+    parser.add_argument("--fanout-size", type=size_argument, default=parse_size("256MiB"))
     parser.add_argument("--fanout-recipients", type=int, default=10, help="clients receiving the file (+ the operator)")
     parser.add_argument("--skip-chat", action="store_true")
     parser.add_argument("--skip-fanout", action="store_true")
