@@ -64,8 +64,13 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
             to = ", ".join(visible(n) for n in f["to"]) or "nobody"
             return f"→ sending {v['name']} ({human_size(f['size'])}) to {to}"
         case "file_received":
-            return (f"✓ {v['name']} {human_size(f['size'])} from {v['from']}, "
+            line = (f"✓ {v['name']} {human_size(f['size'])} from {v['from']}, "
                     f"SHA-256 {_short_hash(f['sha256'])} verified, saved {v['path']}")
+            if f.get("image"):
+                line += f" — {f['image']['type'].upper()} {f['image']['width']}×{f['image']['height']}"
+            if f.get("warning"):
+                line += f" (warning: {v['warning']})"
+            return line
         case "file_rejected":
             return f"✗ {v['name']} from {v['from']} rejected: {v['reason']}"
         case "file_delivered":

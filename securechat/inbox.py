@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .console import Console
 from .errors import RemoteProtocolError, TransferError
+from .images import extension_mismatch, sniff
 from .transfer import Downloads, IncomingFile
 
 MAX_CONCURRENT_TRANSFERS = 64
@@ -33,8 +34,16 @@ class Verdict:
 
     def report(self, console: Console) -> None:
         if self.ok:
+            assert self.path is not None
+            info = sniff(self.path)  # by content: the name is the sender's claim
+            extra = {}
+            if info is not None:
+                extra["image"] = {"type": info.kind, "width": info.width, "height": info.height}
+            warning = extension_mismatch(self.name, info)
+            if warning:
+                extra["warning"] = warning
             console.event("file_received", **{"from": self.sender}, name=self.name, path=str(self.path),
-                          size=self.size, sha256=self.sha256)
+                          size=self.size, sha256=self.sha256, **extra)
         else:
             console.event("file_rejected", **{"from": self.sender}, name=self.name, reason=self.reason)
 
