@@ -7,6 +7,7 @@ running process (docs/performance.md). certs.py makes the files.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,15 @@ def key_is_encrypted(path: Path) -> bool:
         return b"ENCRYPTED" in path.read_bytes()[:64]
     except FileNotFoundError:
         return False
+
+
+def certificate_fingerprint(path: Path) -> str:
+    """SHA-256 over the DER form, as colon-separated hex (the same as gen-certs prints)."""
+    try:
+        der = ssl.PEM_cert_to_DER_cert(path.read_text(encoding="ascii"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CertificateError(f"{path} is not a PEM certificate") from exc
+    return hashlib.sha256(der).digest().hex(":").upper()
 
 
 def common_name(path: Path) -> str:

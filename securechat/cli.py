@@ -18,10 +18,11 @@ from typing import Callable, List, Optional
 import typer
 
 from . import __version__
-from .certfiles import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout, key_is_encrypted
+from .certfiles import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout, certificate_fingerprint, common_name, key_is_encrypted
 from .checksums import verify_paths
 from .client import Client
-from .commands import Command, Quit, read_commands
+from .commands import Command, PrivateMessage, Quit, Say, parse, read_commands
+from .config import default_map
 from .console import Console, visible
 from .errors import SecureChatError, UsageError
 from .server import Server
@@ -31,11 +32,33 @@ from .transfer import Downloads, parse_size
 DEFAULT_PORT = 7443
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Private chat and SHA-256 verified file exchange over mutual TLS 1.3.",
 )
+
+
+# Options shared by several commands, declared once. Environment variables
+# and the config file (config.py) supply defaults; a flag always wins.
+CERTS = typer.Option(Path("certs"), "--certs", envvar="SECURECHAT_CERTS", help="Folder made by gen-certs.")
+DOWNLOADS = typer.Option(Path("downloads"), "--downloads", envvar="SECURECHAT_DOWNLOADS", help="Where received files are saved.")
+MAX_FILE_SIZE = typer.Option(None, "--max-file-size", help="Refuse received files larger than this (e.g. 2GiB).")
+JSON_OUTPUT = typer.Option(False, "--json", help="One JSON object per line for every event.")
+SERVER_PORT = typer.Option(DEFAULT_PORT, "--port", envvar="SECURECHAT_PORT", help="Server port.")
+HOST = typer.Argument(..., help="Server host name or IP address (must be in its certificate).")
+NAME = typer.Option(None, "--name", help="Which client certificate to use (CERTS/clients/NAME.pem).")
+CERT = typer.Option(None, "--cert", help="Client certificate file (overrides --certs/--name).")
+KEY = typer.Option(None, "--key", help="Client private key file (with --cert).")
+CA = typer.Option(None, "--ca", help="CA certificate file (overrides --certs).")
+
+
+@app.callback()
+def _load_config(ctx: typer.Context) -> None:
+    """Private chat and SHA-256 verified file exchange over mutual TLS 1.3."""
+    try:
+        ctx.default_map = {**default_map(), **(ctx.default_map or {})}
+    except SecureChatError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -149,7 +172,7 @@ def gen_certs(
 @friendly
 def revoke(
     name: str = typer.Argument(..., help="The client to revoke (its certificate in CERTS/clients/NAME.pem)."),
-    certs: Path = typer.Option(Path("certs"), "--certs", help="Folder made by gen-certs (with ca.key)."),
+    certs: Path = CERTS,
 ) -> None:
     """Revoke a client certificate: a running server refuses it from its next connection."""
     _prepare_stdout()
@@ -170,11 +193,11 @@ def revoke(
 @friendly
 def serve(
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
-    port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on; 0 picks a free one."),
-    certs: Path = typer.Option(Path("certs"), "--certs", help="Folder made by gen-certs."),
-    downloads: Path = typer.Option(Path("downloads"), "--downloads", help="Where received files are saved."),
-    max_file_size: Optional[str] = typer.Option(None, "--max-file-size", help="Refuse received files larger than this (e.g. 2GiB)."),
-    json_output: bool = typer.Option(False, "--json", help="One JSON object per line for every event."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", envvar="SECURECHAT_PORT", help="Port to listen on; 0 picks a free one."),
+    certs: Path = CERTS,
+    downloads: Path = DOWNLOADS,
+    max_file_size: Optional[str] = MAX_FILE_SIZE,
+    json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Run the TLS 1.3 room; the operator at this terminal chats and sends files too."""
     _prepare_stdout()
@@ -214,27 +237,20 @@ def serve(
 @app.command()
 @friendly
 def join(
-    host: str = typer.Argument(..., help="Server host name or IP address (must be in its certificate)."),
-    port: int = typer.Option(DEFAULT_PORT, "--port", help="Server port."),
-    certs: Path = typer.Option(Path("certs"), "--certs", help="Folder holding ca.pem and clients/NAME.pem/.key."),
-    name: Optional[str] = typer.Option(None, "--name", help="Which client certificate to use (clients/NAME.pem)."),
-    cert: Optional[Path] = typer.Option(None, "--cert", help="Client certificate file (overrides --certs/--name)."),
-    key: Optional[Path] = typer.Option(None, "--key", help="Client private key file (with --cert)."),
-    ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate file (overrides --certs)."),
-    downloads: Path = typer.Option(Path("downloads"), "--downloads", help="Where received files are saved."),
-    max_file_size: Optional[str] = typer.Option(None, "--max-file-size", help="Refuse received files larger than this (e.g. 2GiB)."),
-    json_output: bool = typer.Option(False, "--json", help="One JSON object per line for every event."),
+    host: str = HOST,
+    port: int = SERVER_PORT,
+    certs: Path = CERTS,
+    name: Optional[str] = NAME,
+    cert: Optional[Path] = CERT,
+    key: Optional[Path] = KEY,
+    ca: Optional[Path] = CA,
+    downloads: Path = DOWNLOADS,
+    max_file_size: Optional[str] = MAX_FILE_SIZE,
+    json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Join a securechat server as one of its clients."""
     _prepare_stdout()
-    if (cert is None) != (key is None):
-        raise UsageError("give --cert and --key together")
-    if cert is not None and key is not None:
-        files = ClientFiles(ca or certs / "ca.pem", cert, key)
-    else:
-        files = ClientFiles.from_certs_dir(certs, name)
-        if ca is not None:
-            files = ClientFiles(ca, files.cert, files.key)
+    files = _client_files(certs, name, cert, key, ca)
     console = Console(json_output)
     limit = parse_size(max_file_size) if max_file_size else None
     client = Client(host, port, files, Downloads(downloads, limit), console)
@@ -256,6 +272,80 @@ def join(
         return
     if not client.ended_cleanly:
         _fail(f"connection to {host}:{port} lost: {client.end_reason}")
+
+
+def _client_files(certs: Path, name: str | None, cert: Path | None, key: Path | None, ca: Path | None) -> ClientFiles:
+    if (cert is None) != (key is None):
+        raise UsageError("give --cert and --key together")
+    if cert is not None and key is not None:
+        return ClientFiles(ca or certs / "ca.pem", cert, key)
+    files = ClientFiles.from_certs_dir(certs, name)
+    return files if ca is None else ClientFiles(ca, files.cert, files.key)
+
+
+@app.command()
+@friendly
+def send(
+    host: str = HOST,
+    paths: List[Path] = typer.Argument(None, help="Files to send."),
+    to: Optional[str] = typer.Option(None, "--to", help="Send to this participant only (default: everyone)."),
+    message: Optional[str] = typer.Option(None, "-m", "--message", help="Send this chat line."),
+    port: int = SERVER_PORT,
+    certs: Path = CERTS,
+    name: Optional[str] = NAME,
+    cert: Optional[Path] = CERT,
+    key: Optional[Path] = KEY,
+    ca: Optional[Path] = CA,
+    downloads: Path = DOWNLOADS,
+    json_output: bool = JSON_OUTPUT,
+) -> None:
+    """Connect, send files (or a line), wait until every recipient verified them, leave.
+
+    Exit 0 when every file reached every recipient verified; otherwise 1, naming each failure.
+    """
+    _prepare_stdout()
+    paths = paths or []
+    if not paths and message is None:
+        raise UsageError("nothing to send: give files, or -m TEXT")
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"{path} is not a file" if path.exists() else f"no such file: {path}")
+    command = None
+    if message is not None:
+        command = PrivateMessage(to, message) if to else Say(message)
+        parse(("/msg " + to + " " if to else "//") + message)  # the same length check as typed lines
+    console = Console(json_output)
+    client = Client(host, port, _client_files(certs, name, cert, key, ca), Downloads(downloads), console)
+    client.connect()
+    if command is not None:
+        client.handle(command)
+    senders = [threading.Thread(target=client.send_file, args=(path, to)) for path in paths]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join()
+    client.outgoing.wait_idle()
+    failures = [f"{s.name} to {who or 'anyone'}: {reason}" for s in client.outgoing.finished for who, reason in s.failed]
+    client.leave()
+    if failures:
+        _fail("not delivered: " + "; ".join(failures))
+
+
+@app.command()
+@friendly
+def fingerprint(certs: Path = CERTS) -> None:
+    """Print the SHA-256 fingerprints of the certificates, to compare over the phone."""
+    _prepare_stdout()
+    layout = CertsLayout(certs)
+    found = [("CA", layout.ca_cert), ("server", layout.server_cert)]
+    found += [(f"client {n}", layout.client_cert(n)) for n in layout.client_names()]
+    shown = 0
+    for role, path in found:
+        if path.is_file():
+            print(f"{role:<16} {common_name(path):<24} SHA-256 {certificate_fingerprint(path)}")
+            shown += 1
+    if not shown:
+        raise UsageError(f"no certificates in {certs}; create them with: securechat gen-certs")
 
 
 @app.command()
