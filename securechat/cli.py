@@ -44,6 +44,8 @@ CERTS = typer.Option(Path("certs"), "--certs", envvar="SECURECHAT_CERTS", help="
 DOWNLOADS = typer.Option(Path("downloads"), "--downloads", envvar="SECURECHAT_DOWNLOADS", help="Where received files are saved.")
 MAX_FILE_SIZE = typer.Option(None, "--max-file-size", help="Refuse received files larger than this (e.g. 2GiB).")
 JSON_OUTPUT = typer.Option(False, "--json", help="One JSON object per line for every event.")
+PREVIEW = typer.Option(False, "--preview", help="Draw received images in the terminal (needs securechat[images]).")
+OPEN_IMAGES = typer.Option(False, "--open", help="Open received images with the system viewer.")
 SERVER_PORT = typer.Option(DEFAULT_PORT, "--port", envvar="SECURECHAT_PORT", help="Server port.")
 HOST = typer.Argument(..., help="Server host name or IP address (must be in its certificate).")
 NAME = typer.Option(None, "--name", help="Which client certificate to use (CERTS/clients/NAME.pem).")
@@ -198,10 +200,13 @@ def serve(
     downloads: Path = DOWNLOADS,
     max_file_size: Optional[str] = MAX_FILE_SIZE,
     json_output: bool = JSON_OUTPUT,
+    preview: bool = PREVIEW,
+    open_images: bool = OPEN_IMAGES,
 ) -> None:
     """Run the TLS 1.3 room; the operator at this terminal chats and sends files too."""
     _prepare_stdout()
-    console = Console(json_output)
+    interactive = _is_terminal() and not json_output
+    console = _make_console(json_output, interactive, preview, open_images)
     limit = parse_size(max_file_size) if max_file_size else None
     server = Server(certs, host, port, Downloads(downloads, limit), console)
     bound_host, bound_port = server.bind()
@@ -210,28 +215,54 @@ def serve(
 
     stop = threading.Event()
     wait_for_transfers = threading.Event()
+    prompt = _make_prompt([(server.operator.inbox, server.operator.outgoing)]) if interactive else None
 
     def on_signal(signum, frame) -> None:
         stop.set()
+        if prompt is not None:
+            prompt.stop()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    def operator_input() -> None:
-        def handle(command: Command) -> bool:
-            if isinstance(command, Quit):
-                wait_for_transfers.set()
-                stop.set()
-                return False
-            return server.operator.handle(command)
+    def handle(command: Command) -> bool:
+        if isinstance(command, Quit):
+            wait_for_transfers.set()
+            stop.set()
+            return False
+        return server.operator.handle(command)
 
-        read_commands(_stdin_lines(), handle, console.error)
+    if prompt is not None:
+        read_commands(prompt.lines(), handle, console.error)  # Ctrl-D: keep serving, headless
+    else:
         # End of input without exit: keep serving, headless.
-
-    threading.Thread(target=operator_input, name="operator-input", daemon=True).start()
+        threading.Thread(target=read_commands, args=(_stdin_lines(), handle, console.error),
+                         name="operator-input", daemon=True).start()
     while not stop.wait(0.5):
         pass
     server.shutdown(wait_for_transfers=wait_for_transfers.is_set())
+
+
+def _is_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _make_console(json_output: bool, interactive: bool, preview: bool, open_images: bool) -> Console:
+    if preview:
+        from .preview import require_pillow
+
+        require_pillow()
+    if interactive:
+        from .interactive import InteractiveConsole  # prompt_toolkit and rich: only for a person
+
+        return InteractiveConsole(preview=preview, open_images=open_images)
+    return Console(json_output, preview=preview, open_images=open_images)
+
+
+def _make_prompt(participants):
+    from .interactive import Prompt, progress_rows
+
+    return Prompt([progress_rows(inbox, outgoing) for inbox, outgoing in participants])
 
 
 @app.command()
@@ -247,26 +278,34 @@ def join(
     downloads: Path = DOWNLOADS,
     max_file_size: Optional[str] = MAX_FILE_SIZE,
     json_output: bool = JSON_OUTPUT,
+    preview: bool = PREVIEW,
+    open_images: bool = OPEN_IMAGES,
 ) -> None:
     """Join a securechat server as one of its clients."""
     _prepare_stdout()
     files = _client_files(certs, name, cert, key, ca)
-    console = Console(json_output)
+    interactive = _is_terminal() and not json_output
+    console = _make_console(json_output, interactive, preview, open_images)
     limit = parse_size(max_file_size) if max_file_size else None
     client = Client(host, port, files, Downloads(downloads, limit), console)
     client.connect()
     assert client.conn is not None
 
-    done = threading.Event()
+    if interactive:
+        prompt = _make_prompt([(client.inbox, client.outgoing)])
+        conn = client.conn
+        threading.Thread(target=lambda: (conn.finished.wait(), prompt.stop()), daemon=True).start()
+        read_commands(prompt.lines(), client.handle, console.error)  # exit, /quit, Ctrl-D, Ctrl-C
+    else:
+        done = threading.Event()
 
-    def person_input() -> None:
-        read_commands(_stdin_lines(), client.handle, console.error)
-        done.set()  # exit, /quit and end of input all leave gracefully
+        def person_input() -> None:
+            read_commands(_stdin_lines(), client.handle, console.error)
+            done.set()  # exit, /quit and end of input all leave gracefully
 
-    threading.Thread(target=person_input, name="input", daemon=True).start()
-    while not done.wait(0.1):
-        if client.conn.finished.is_set():
-            break
+        threading.Thread(target=person_input, name="input", daemon=True).start()
+        while not done.wait(0.1) and not client.conn.finished.is_set():
+            pass
     if not client.conn.finished.is_set():
         client.leave()
         return

@@ -144,7 +144,7 @@ class Client:
         except UsageError as exc:
             self.console.error(str(exc))
             return
-        transfer_id = self.outgoing.new(source.name, source.size)
+        transfer_id = self.outgoing.new(source.name, source.size, source)
         try:
             self.conn.send_stream(frames.Offer(id=transfer_id, name=source.name, size=source.size, to=to))
             for frame in source.chunk_frames(transfer_id):

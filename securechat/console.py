@@ -88,6 +88,8 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
             return f"* server shutting down: {v['reason']}"
         case "help":
             return f["text"]
+        case "picture":
+            return f["line"]  # made here, from pixels: the only escapes we ever print
         case _:
             return f"* {event}: " + ", ".join(f"{k}={x}" for k, x in v.items())
 
@@ -95,13 +97,39 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
 class Console:
     """Prints events; safe to call from any thread."""
 
-    def __init__(self, json_mode: bool = False, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, json_mode: bool = False, out: TextIO | None = None, err: TextIO | None = None,
+                 preview: bool = False, open_images: bool = False) -> None:
         self.json_mode = json_mode
+        self.preview = preview and not json_mode  # pictures in a JSON stream would break it
+        self.open_images = open_images
         self._out = out or sys.stdout
         self._err = err or sys.stderr
         self._lock = threading.Lock()
 
     def event(self, event: str, **fields: Any) -> None:
+        self._print_event(event, fields)
+        if event == "file_received" and fields.get("image") and (self.preview or self.open_images):
+            self._show_image(fields)
+
+    def _show_image(self, fields: dict[str, Any]) -> None:
+        from .preview import half_block_lines, open_in_viewer  # Pillow: only when asked for
+
+        path = fields["path"]
+        notes = []
+        if self.preview:
+            try:
+                for line in half_block_lines(path):
+                    self._print_event("picture", {"line": line})
+            except ValueError as exc:
+                notes.append(f"no preview of {fields['name']}: {exc}; the file is saved, its SHA-256 verified")
+        if self.open_images:
+            note = open_in_viewer(path)
+            if note:
+                notes.append(f"cannot open {fields['name']}: {note}")
+        for note in notes:
+            self._print_event("notice", {"text": note})
+
+    def _print_event(self, event: str, fields: dict[str, Any]) -> None:
         if self.json_mode:
             line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, ensure_ascii=True)
             stream = self._out

@@ -116,6 +116,11 @@ class Inbox:
         incoming.discard()
         return Verdict(transfer_id, sender, incoming.name, False, f"sender stopped: {reason}" if reason else "sender stopped")
 
+    def progress(self) -> list[tuple[int, str, str, int, int]]:
+        """(id, name, sender, bytes received, size) of every file still arriving, for progress bars."""
+        with self._lock:
+            return [(tid, f.name, sender, f.received, f.size) for tid, (f, sender) in self._active.items()]
+
     def close(self, reason: str) -> list[Verdict]:
         """Discard every unfinished file (the connection is gone); say which."""
         with self._lock:

@@ -22,6 +22,7 @@ class Sending:
     size: int
     pending: set[str] | None = None  # None until the server says who receives it
     cancelled: bool = False
+    source: object | None = None  # the FileSource, whose `sent` a progress bar reads
     delivered: list[str] = field(default_factory=list)
     failed: list[tuple[str | None, str]] = field(default_factory=list)
 
@@ -34,11 +35,17 @@ class Outgoing:
         self._ids = itertools.count(1)
         self.finished: list[Sending] = []
 
-    def new(self, name: str, size: int) -> int:
+    def new(self, name: str, size: int, source: object | None = None) -> int:
         with self._cond:
             transfer_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
-            self._transfers[transfer_id] = Sending(transfer_id, name, size)
+            self._transfers[transfer_id] = Sending(transfer_id, name, size, source=source)
             return transfer_id
+
+    def progress(self) -> list[tuple[int, str, list[str], int, int]]:
+        """(id, name, recipients still waiting, bytes read so far, size) of every file being sent."""
+        with self._cond:
+            return [(s.transfer_id, s.name, sorted(s.pending or ()), getattr(s.source, "sent", 0), s.size)
+                    for s in self._transfers.values()]
 
     def _finish_if_done(self, sending: Sending) -> None:
         if sending.pending is not None and not sending.pending:

@@ -222,7 +222,7 @@ class Operator(Participant):
         except UsageError as exc:
             self.console.error(str(exc))
             return
-        transfer_id = self.outgoing.new(source.name, source.size)
+        transfer_id = self.outgoing.new(source.name, source.size, source)
         relay = self.room.start_relay(self, transfer_id, source.name, source.size, to)
         try:
             for frame in source.chunk_frames(relay.id):
