@@ -1,4 +1,4 @@
-"""The `securechat` command: gen-certs, serve, join, verify.
+"""The `securechat` command: gen-certs, revoke, serve, join, send, fingerprint, verify.
 
 Every command catches SecureChatError once and prints one line on stderr
 with a non-zero exit; anything a user can cause ends that way, never in a
@@ -233,7 +233,7 @@ def serve(
         return server.operator.handle(command)
 
     if prompt is not None:
-        read_commands(prompt.lines(), handle, console.error)  # Ctrl-D: keep serving, headless
+        _prompt_commands(prompt, handle, console)  # Ctrl-D: keep serving, headless
     else:
         # End of input without exit: keep serving, headless.
         threading.Thread(target=read_commands, args=(_stdin_lines(), handle, console.error),
@@ -257,6 +257,14 @@ def _make_console(json_output: bool, interactive: bool, preview: bool, open_imag
 
         return InteractiveConsole(preview=preview, open_images=open_images)
     return Console(json_output, preview=preview, open_images=open_images)
+
+
+def _prompt_commands(prompt, handle: Callable[[Command], bool], console: Console) -> None:
+    lines = prompt.lines()
+    try:
+        read_commands(lines, handle, console.error)
+    finally:
+        lines.close()  # leaves patch_stdout now, not whenever the generator is collected
 
 
 def _make_prompt(participants):
@@ -295,7 +303,7 @@ def join(
         prompt = _make_prompt([(client.inbox, client.outgoing)])
         conn = client.conn
         threading.Thread(target=lambda: (conn.finished.wait(), prompt.stop()), daemon=True).start()
-        read_commands(prompt.lines(), client.handle, console.error)  # exit, /quit, Ctrl-D, Ctrl-C
+        _prompt_commands(prompt, client.handle, console)  # exit, /quit, Ctrl-D, Ctrl-C
     else:
         done = threading.Event()
 

@@ -17,11 +17,11 @@ from . import frames
 from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from .connection import HELLO_TIMEOUT, Connection, connect
 from .console import Console, show_message
-from .errors import ConnectionFailed, ConnectionLost, RemoteProtocolError, TransferError, UsageError
+from .errors import ConnectionFailed, ConnectionLost, RemoteProtocolError, TransferError
 from .inbox import Inbox, Verdict
 from .outgoing import Outgoing
 from .tls import ClientFiles, client_context, peer_identity
-from .transfer import Downloads, FileSource
+from .transfer import Downloads
 
 SOFTWARE = "securechat-client/0.1"
 
@@ -139,12 +139,10 @@ class Client:
 
     def send_file(self, path: Path, to: str | None = None) -> None:
         assert self.conn is not None
-        try:
-            source = FileSource(path)
-        except UsageError as exc:
-            self.console.error(str(exc))
+        started = self.outgoing.start(path)
+        if started is None:
             return
-        transfer_id = self.outgoing.new(source.name, source.size, source)
+        source, transfer_id = started
         try:
             self.conn.send_stream(frames.Offer(id=transfer_id, name=source.name, size=source.size, to=to))
             for frame in source.chunk_frames(transfer_id):

@@ -260,15 +260,18 @@ class Connection:
             else:
                 timeout = self._poll_timeout()
                 ready = poller.poll(None if timeout is None else timeout * 1000)
-            readable = False
+            readable = broken = False
             for fd, happened in ready:
                 if fd == wake_fd:
                     self._drain_wake()
-                elif happened & (_POLL_IN | _POLL_ERR):
-                    readable = True
+                else:
+                    readable = bool(happened & _POLL_IN)
+                    broken = bool(happened & _POLL_ERR)
             # Only read when the socket said so: a wake-up alone would cost a
             # failed SSL read (a syscall and an exception) per queued frame.
-            if readable and not paused:
+            # A hang-up is read even while paused: poll reports it whatever we
+            # ask for, so ignoring it would spin; reading finds the EOF.
+            if (readable and not paused) or broken:
                 self._read()
 
     def _poll_timeout(self) -> float | None:

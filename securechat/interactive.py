@@ -20,7 +20,7 @@ import zlib
 from typing import Callable, Iterator
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import Completer, Completion, PathCompleter, WordCompleter
+from prompt_toolkit.completion import Completer, PathCompleter, WordCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import ANSI
 from prompt_toolkit.history import InMemoryHistory
@@ -144,12 +144,19 @@ class Prompt:
         self._stopped = threading.Event()
 
     def lines(self) -> Iterator[str]:
-        """Typed lines until Ctrl-D, Ctrl-C or stop(); printing elsewhere goes above the prompt."""
+        """Typed lines until Ctrl-D (end of input) or stop(); printing elsewhere goes above the prompt.
+
+        prompt_toolkit reads Ctrl-C as a key, so no SIGINT reaches us: it is
+        turned into the line `/quit`, which leaves (join) or shuts down (serve).
+        """
         with patch_stdout(raw=True):
             while not self._stopped.is_set():
                 try:
                     yield self.session.prompt(ANSI("\x1b[1m>\x1b[0m "))
-                except (EOFError, KeyboardInterrupt):
+                except EOFError:
+                    return
+                except KeyboardInterrupt:
+                    yield "/quit"
                     return
 
     def stop(self) -> None:

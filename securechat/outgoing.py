@@ -10,9 +10,12 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import frames
 from .console import Console
+from .errors import UsageError
+from .transfer import FileSource
 
 
 @dataclass
@@ -40,6 +43,15 @@ class Outgoing:
             transfer_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
             self._transfers[transfer_id] = Sending(transfer_id, name, size, source=source)
             return transfer_id
+
+    def start(self, path: Path) -> tuple[FileSource, int] | None:
+        """Open a file to send and give it an id; a file that cannot be read is reported, None."""
+        try:
+            source = FileSource(path)
+        except UsageError as exc:
+            self._console.error(str(exc))
+            return None
+        return source, self.new(source.name, source.size, source)
 
     def progress(self) -> list[tuple[int, str, list[str], int, int]]:
         """(id, name, recipients still waiting, bytes read so far, size) of every file being sent."""

@@ -26,7 +26,7 @@ from .outbox import STALL_TIMEOUT
 from .outgoing import Outgoing
 from .room import Participant, Pause, Relay, Room
 from .tls import peer_identity, server_context
-from .transfer import Downloads, FileSource
+from .transfer import Downloads
 
 MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections at once; more are refused at accept
 CHAT_RATE = 20.0  # lines per second a member may send, on average
@@ -217,12 +217,10 @@ class Operator(Participant):
         return True
 
     def send_file(self, path: Path, to: str | None) -> None:
-        try:
-            source = FileSource(path)
-        except UsageError as exc:
-            self.console.error(str(exc))
+        started = self.outgoing.start(path)
+        if started is None:
             return
-        transfer_id = self.outgoing.new(source.name, source.size, source)
+        source, transfer_id = started
         relay = self.room.start_relay(self, transfer_id, source.name, source.size, to)
         try:
             for frame in source.chunk_frames(relay.id):

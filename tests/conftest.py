@@ -49,6 +49,21 @@ def other_pki(tmp_path_factory) -> Path:
     return certs
 
 
+def sparse_file(path: Path, size: int) -> Path:
+    """A file of `size` zero bytes that costs no disk: instant to make, seconds to send."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def wait_for_temp_file(folder: Path, timeout: float = 20) -> None:
+    """Until a transfer into `folder` has started (its hidden temp file exists)."""
+    deadline = time.monotonic() + timeout
+    while not (folder.exists() and any(n.startswith(".securechat-") for n in os.listdir(folder))):
+        assert time.monotonic() < deadline, f"no transfer started into {folder}"
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import securechat_command
+from conftest import securechat_command, sparse_file, wait_for_temp_file
 
 
 def run(args, cwd, timeout=60, **kw) -> subprocess.CompletedProcess:
@@ -137,15 +136,10 @@ def test_server_exit_command(room):
 
 def test_client_killed_mid_transfer_leaves_no_partial_file(room, tmp_path):
     alice = room.join("alice")
-    big = tmp_path / "big.bin"
-    with open(big, "wb") as f:
-        f.truncate(1024 * 1024 * 1024)  # sparse: instant to make, seconds to send
+    big = sparse_file(tmp_path / "big.bin", 1024 * 1024 * 1024)
     alice.send(f"/send {big}")
     downloads = tmp_path / "server-downloads"
-    deadline = time.monotonic() + 20
-    while not (downloads.exists() and any(n.startswith(".securechat-") for n in os.listdir(downloads))):
-        assert time.monotonic() < deadline, "the transfer never started"
-        time.sleep(0.02)
+    wait_for_temp_file(downloads)
     alice.popen.kill()
     alice.popen.wait(10)
     room.server.wait_event("file_rejected", name="big.bin")
@@ -160,15 +154,10 @@ def test_client_killed_mid_transfer_leaves_no_partial_file(room, tmp_path):
 def test_receiver_killed_mid_transfer_sender_is_told(room, tmp_path):
     alice = room.join("alice")
     bob = room.join("bob")
-    big = tmp_path / "big.bin"
-    with open(big, "wb") as f:
-        f.truncate(1024 * 1024 * 1024)
+    big = sparse_file(tmp_path / "big.bin", 1024 * 1024 * 1024)
     alice.send(f"/send @bob {big}")
     bob_dl = tmp_path / "bob-downloads"
-    deadline = time.monotonic() + 20
-    while not (bob_dl.exists() and any(n.startswith(".securechat-") for n in os.listdir(bob_dl))):
-        assert time.monotonic() < deadline, "the transfer never started"
-        time.sleep(0.02)
+    wait_for_temp_file(bob_dl)
     bob.popen.kill()
     bob.popen.wait(10)
     failed = alice.wait_event("file_failed", to="bob")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
 
+from conftest import sparse_file, wait_for_temp_file
 from securechat.frames import MAX_TEXT_BYTES
 from securechat.outbox import STALL_TIMEOUT
 
@@ -15,18 +15,6 @@ def make_file(path, size: int) -> str:
     data = os.urandom(size)
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
-
-
-def make_sparse(path, size: int) -> None:
-    with open(path, "wb") as f:
-        f.truncate(size)
-
-
-def wait_for_temp_file(folder, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not (folder.exists() and any(n.startswith(".securechat-") for n in os.listdir(folder))):
-        assert time.monotonic() < deadline, f"no transfer started into {folder}"
-        time.sleep(0.02)
 
 
 def test_four_people_chat_and_swap_photos(room, tmp_path):
@@ -117,7 +105,7 @@ def test_frozen_recipient_of_a_broadcast_is_dropped_after_the_stall_limit(room, 
 
 def test_member_crash_mid_fan_out_leaves_the_others_copies_intact(room, tmp_path):
     alice, bob, carol = room.join("alice"), room.join("bob"), room.join("carol")
-    make_sparse(tmp_path / "archive.tar", 512 * 1024 * 1024)
+    sparse_file(tmp_path / "archive.tar", 512 * 1024 * 1024)
     alice.send(f"/send {tmp_path / 'archive.tar'}")
     wait_for_temp_file(tmp_path / "carol-downloads")
     carol.popen.kill()

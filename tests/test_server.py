@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import sparse_file, wait_for_temp_file
 from securechat import frames
 
 
@@ -122,15 +123,9 @@ def test_silent_connection_is_closed_after_the_hello_timeout(room, raw_client):
 def test_chat_overtakes_a_large_transfer(room, tmp_path):
     alice = room.join("alice")
     bob = room.join("bob")
-    big = tmp_path / "big.bin"
-    with open(big, "wb") as f:
-        f.truncate(1024 * 1024 * 1024)
+    big = sparse_file(tmp_path / "big.bin", 1024 * 1024 * 1024)
     alice.send(f"/send @bob {big}")
-    bob_dl = tmp_path / "bob-downloads"
-    deadline = time.monotonic() + 20
-    while not (bob_dl.exists() and any(n.startswith(".securechat-") for n in os.listdir(bob_dl))):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for_temp_file(tmp_path / "bob-downloads")
     alice.send("typed during the transfer")
     bob.wait_event("message", text="typed during the transfer")
     assert bob.count("file_received") == 0, "the line should not wait for the file"

@@ -10,7 +10,6 @@ every byte and every line must arrive, in order, with no error.
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import threading
 
