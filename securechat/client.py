@@ -139,6 +139,11 @@ class Client:
 
     def send_file(self, path: Path, to: str | None = None) -> None:
         assert self.conn is not None
+        with self.outgoing.slots:
+            self._send_file(path, to)
+
+    def _send_file(self, path: Path, to: str | None) -> None:
+        assert self.conn is not None
         started = self.outgoing.start(path)
         if started is None:
             return

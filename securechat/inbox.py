@@ -18,7 +18,8 @@ from .errors import RemoteProtocolError, TransferError
 from .images import extension_mismatch, sniff
 from .transfer import Downloads, IncomingFile
 
-MAX_CONCURRENT_TRANSFERS = 64
+MAX_OPEN_FILES = 64  # files being written at once; more are refused, each with a reason
+MAX_REFUSED_OPEN = 1024  # refused offers whose chunks are still coming: past this, a flood
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,11 @@ class Inbox:
         with self._lock:
             if transfer_id in self._active or transfer_id in self._dropping:
                 raise RemoteProtocolError(f"transfer id {transfer_id} offered twice")
-            if len(self._active) + len(self._dropping) >= MAX_CONCURRENT_TRANSFERS:
-                raise RemoteProtocolError(f"more than {MAX_CONCURRENT_TRANSFERS} transfers at once")
+            if len(self._dropping) >= MAX_REFUSED_OPEN:
+                raise RemoteProtocolError(f"more than {MAX_REFUSED_OPEN} refused transfers still open")
             try:
+                if len(self._active) >= MAX_OPEN_FILES:
+                    raise TransferError(f"more than {MAX_OPEN_FILES} files arriving at once; send it again later")
                 self._active[transfer_id] = (IncomingFile(self.downloads, name, size), sender)
             except TransferError as exc:
                 self._dropping[transfer_id] = sender

@@ -30,9 +30,13 @@ class Sending:
     failed: list[tuple[str | None, str]] = field(default_factory=list)
 
 
+MAX_PARALLEL_SENDS = 4  # more files wait for a slot, so a server's per-member cap is never hit
+
+
 class Outgoing:
     def __init__(self, console: Console) -> None:
         self._console = console
+        self.slots = threading.BoundedSemaphore(MAX_PARALLEL_SENDS)  # held by each send_file
         self._cond = threading.Condition()
         self._transfers: dict[int, Sending] = {}
         self._ids = itertools.count(1)

@@ -29,6 +29,7 @@ from .tls import peer_identity, server_context
 from .transfer import Downloads
 
 MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections at once; more are refused at accept
+MAX_UPLOADS = 16  # files one member may be sending at once (our clients send 4 at a time)
 CHAT_RATE = 20.0  # lines per second a member may send, on average
 CHAT_BURST = 60  # lines a member may send at once
 SHUTDOWN_TIMEOUT = 10.0
@@ -113,6 +114,8 @@ class Session(Participant):
             case frames.Offer():
                 if frame.id in self._uploads:
                     raise RemoteProtocolError(f"transfer id {frame.id} offered twice")
+                if len(self._uploads) >= MAX_UPLOADS:
+                    raise RemoteProtocolError(f"more than {MAX_UPLOADS} files sent at once")
                 self._uploads[frame.id] = self.room.start_relay(self, frame.id, frame.name, frame.size, frame.to)
             case frames.End():
                 relay = self._upload(frame.id, "end")
@@ -217,6 +220,10 @@ class Operator(Participant):
         return True
 
     def send_file(self, path: Path, to: str | None) -> None:
+        with self.outgoing.slots:
+            self._send_file(path, to)
+
+    def _send_file(self, path: Path, to: str | None) -> None:
         started = self.outgoing.start(path)
         if started is None:
             return

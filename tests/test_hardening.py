@@ -244,3 +244,31 @@ def test_hostile_json_after_hello(room, raw_client, payload, reason):
     assert any(isinstance(f, frames.Bye) and reason in f.reason for f in got), got
     bob.send("others unaffected")
     room.server.wait_event("message", text="others unaffected")
+
+
+def test_too_many_open_uploads_drop_only_the_offender(room, raw_client):
+    bob = room.join("bob")
+    raw = raw_client(room.port)
+    raw.hello()
+    for i in range(17):  # offers left open, never ended
+        raw.send(frames.Offer(id=i, name=f"f{i}.bin", size=10))
+    got = raw.frames_until_closed()
+    assert any(isinstance(f, frames.Bye) and "more than 16 files sent at once" in f.reason for f in got)
+    bob.send("bob stays")  # his inbox saw 16 offers, all refused or discarded cleanly: no disconnect
+    room.server.wait_event("message", text="bob stays")
+    assert room.server.count("left", name="bob") == 0
+
+
+def test_twenty_files_at_once_from_our_own_client_all_arrive(room, tmp_path):
+    alice = room.join("alice")
+    bob = room.join("bob")
+    paths = []
+    for i in range(20):
+        path = tmp_path / f"doc{i:02d}.txt"
+        path.write_text(f"document {i}")
+        paths.append(path)
+    for path in paths:
+        alice.send(f"/send @bob {path}")
+    for path in paths:
+        bob.wait_event("file_received", name=path.name)
+        alice.wait_event("file_delivered", name=path.name, to="bob")

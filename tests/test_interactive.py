@@ -128,14 +128,15 @@ def test_image_dimensions_preview_and_broken_image(room, person, tmp_path):
 def test_preview_without_pillow_is_one_clear_line(tmp_path, pki):
     import subprocess
 
-    try:
-        import PIL  # noqa: F401
-    except ImportError:
-        result = subprocess.run(securechat_command() + ["join", "127.0.0.1", "--certs", str(pki), "--name", "bob",
-                                                        "--preview"], capture_output=True, text=True, timeout=30)
-        assert result.returncode == 1 and "securechat[images]" in result.stderr
-    else:
-        pytest.skip("Pillow is installed here; the no-Pillow path cannot be seen")
+    blocker = tmp_path / "no-pillow" / "PIL"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('Pillow is not installed')\n")  # shadows the real one
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    result = subprocess.run(securechat_command() + ["join", "127.0.0.1", "--certs", str(pki), "--name", "bob",
+                                                    "--preview"], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 1
+    assert "--preview needs Pillow: pip install 'securechat[images]'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_plain_mode_is_kept_for_pipes(room, procs, pki, tmp_path):
