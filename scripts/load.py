@@ -14,6 +14,7 @@ numbers and, with --json-out, writes them to a file. Loopback only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -76,15 +78,26 @@ def proc_status(pid: int) -> dict[str, float]:
     return out
 
 
-def start_server(certs: Path, downloads: Path) -> tuple[subprocess.Popen, int]:
+@contextlib.contextmanager
+def running_server(certs: Path, downloads: Path) -> Iterator[tuple[int, int]]:
+    """A real `securechat serve` for the block: yields its (pid, port); always stopped."""
     server = subprocess.Popen(
         [sys.executable, "-m", "securechat", "serve", "--host", "127.0.0.1", "--port", "0",
          "--certs", str(certs), "--downloads", str(downloads), "--json"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
     )
-    first = json.loads(server.stdout.readline())
-    threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()  # keep draining
-    return server, first["port"]
+    try:
+        first = json.loads(server.stdout.readline())
+        threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()  # keep draining
+        yield server.pid, first["port"]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def close_all(clients) -> None:
+    for client, _ in clients:
+        client.conn.close("load test done")
 
 
 def join_all(names: list[str], port: int, certs: Path, downloads: Downloads, workers: int = 8):
@@ -224,32 +237,21 @@ def main() -> int:
         downloads = Downloads(folder / "client-downloads")
 
         if not args.skip_chat:
-            server, port = start_server(certs, folder / "server-downloads")
-            try:
+            with running_server(certs, folder / "server-downloads") as (pid, port):
                 clients, connect_s = join_all(names[: args.clients], port, certs, downloads)
                 results["connect"] = {"clients": args.clients, "seconds": round(connect_s, 2),
-                                      "per_s": round(args.clients / connect_s, 1),
-                                      "server": proc_status(server.pid)}
+                                      "per_s": round(args.clients / connect_s, 1), "server": proc_status(pid)}
                 print(f"connected {args.clients} clients in {connect_s:.2f} s", flush=True)
-                results["chat"] = chat_fanout(clients, server.pid, args.messages, args.rate, drain_timeout=60)
+                results["chat"] = chat_fanout(clients, pid, args.messages, args.rate, drain_timeout=60)
                 print(json.dumps(results["chat"], indent=2), flush=True)
-                for client, _ in clients:
-                    client.conn.close("load test done")
-            finally:
-                server.terminate()
-                server.wait(30)
+                close_all(clients)
 
         if not args.skip_fanout:
-            server, port = start_server(certs, folder / "server-downloads-fanout")
-            try:
+            with running_server(certs, folder / "server-downloads-fanout") as (pid, port):
                 clients, _ = join_all(names[: args.fanout_recipients + 1], port, certs, downloads)
-                results["fanout"] = file_fanout(clients, server.pid, args.fanout_size, folder, timeout=600)
+                results["fanout"] = file_fanout(clients, pid, args.fanout_size, folder, timeout=600)
                 print(json.dumps(results["fanout"], indent=2), flush=True)
-                for client, _ in clients:
-                    client.conn.close("load test done")
-            finally:
-                server.terminate()
-                server.wait(30)
+                close_all(clients)
 
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2) + "\n")
