@@ -66,6 +66,7 @@ def test_ctrl_c_at_the_operator_prompt_shuts_the_server_down(pki, tmp_path, proc
         term.wait_for("listening on 127.0.0.1:")
         type_keys(term, "C-c")
         term.wait_for("server shutting down")
+        term.wait_for("[exited 0]")
     finally:
         term.kill()
 

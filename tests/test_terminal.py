@@ -5,6 +5,7 @@ Runs a real `securechat join` inside tmux and reads the screen with capture-pane
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import time
@@ -30,8 +31,11 @@ EVIL = [
 class Tmux:
     def __init__(self, command: list[str], cwd) -> None:
         self.session = f"sc-{uuid.uuid4().hex[:8]}"
+        # The pane outlives the program (tmux would destroy it, and its screen, on exit)
+        # and shows how it ended; kill() ends the sleep.
+        shell = f'{shlex.join(command)}; echo "[exited $?]"; sleep 600'
         subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
-                        "-c", str(cwd), " ".join(command)], check=True, timeout=10)
+                        "-c", str(cwd), shell], check=True, timeout=10)
 
     def screen(self) -> str:
         return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.session], capture_output=True,
