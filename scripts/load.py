@@ -100,10 +100,13 @@ def close_all(clients) -> None:
         client.conn.close("load test done")
 
 
-def join_all(names: list[str], port: int, certs: Path, downloads: Downloads, workers: int = 8):
+def join_all(names: list[str], port: int, certs: Path, downloads: Path, workers: int = 8):
     def join(name: str) -> tuple[Client, RecordingConsole]:
         console = RecordingConsole()
-        client = Client("127.0.0.1", port, ClientFiles.from_certs_dir(certs, name), downloads, console)
+        # A folder each, as on separate machines: one shared folder would hold one partial
+        # per incoming file, and the others would be refused it ("arriving already").
+        client = Client("127.0.0.1", port, ClientFiles.from_certs_dir(certs, name), Downloads(downloads / name),
+                        console)
         client.connect()
         return client, console
 
@@ -234,7 +237,7 @@ def main() -> int:
         t = time.monotonic()
         generate(certs, names, [])
         results["cert_generation_s"] = round(time.monotonic() - t, 2)
-        downloads = Downloads(folder / "client-downloads")
+        downloads = folder / "client-downloads"
 
         if not args.skip_chat:
             with running_server(certs, folder / "server-downloads") as (pid, port):

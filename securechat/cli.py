@@ -25,6 +25,7 @@ from .commands import Command, PrivateMessage, Quit, Say, parse, read_commands
 from .config import default_map
 from .console import Console, visible
 from .errors import SecureChatError, UsageError
+from .outgoing import RESUME_WAIT
 from .server import Server
 from .tls import ClientFiles
 from .transfer import Downloads, parse_size
@@ -46,6 +47,8 @@ MAX_FILE_SIZE = typer.Option(None, "--max-file-size", help="Refuse received file
 JSON_OUTPUT = typer.Option(False, "--json", help="One JSON object per line for every event.")
 PREVIEW = typer.Option(False, "--preview", help="Draw received images in the terminal (needs securechat[images]).")
 OPEN_IMAGES = typer.Option(False, "--open", help="Open received images with the system viewer.")
+NO_RECONNECT = typer.Option(False, "--no-reconnect",
+                            help="When the connection drops, stop instead of reconnecting and resuming transfers.")
 SERVER_PORT = typer.Option(DEFAULT_PORT, "--port", envvar="SECURECHAT_PORT", help="Server port.")
 HOST = typer.Argument(..., help="Server host name or IP address (must be in its certificate).")
 NAME = typer.Option(None, "--name", help="Which client certificate to use (CERTS/clients/NAME.pem).")
@@ -288,6 +291,7 @@ def join(
     json_output: bool = JSON_OUTPUT,
     preview: bool = PREVIEW,
     open_images: bool = OPEN_IMAGES,
+    no_reconnect: bool = NO_RECONNECT,
 ) -> None:
     """Join a securechat server as one of its clients."""
     _prepare_stdout()
@@ -295,14 +299,12 @@ def join(
     interactive = _is_terminal() and not json_output
     console = _make_console(json_output, interactive, preview, open_images)
     limit = parse_size(max_file_size) if max_file_size else None
-    client = Client(host, port, files, Downloads(downloads, limit), console)
+    client = Client(host, port, files, Downloads(downloads, limit), console, reconnect=not no_reconnect)
     client.connect()
-    assert client.conn is not None
 
     if interactive:
         prompt = _make_prompt([(client.inbox, client.outgoing)])
-        conn = client.conn
-        threading.Thread(target=lambda: (conn.finished.wait(), prompt.stop()), daemon=True).start()
+        threading.Thread(target=lambda: (client.ended.wait(), prompt.stop()), daemon=True).start()
         _prompt_commands(prompt, client.handle, console)  # exit, /quit, Ctrl-D, Ctrl-C
     else:
         done = threading.Event()
@@ -312,9 +314,9 @@ def join(
             done.set()  # exit, /quit and end of input all leave gracefully
 
         threading.Thread(target=person_input, name="input", daemon=True).start()
-        while not done.wait(0.1) and not client.conn.finished.is_set():
+        while not done.wait(0.1) and not client.ended.is_set():
             pass
-    if not client.conn.finished.is_set():
+    if not client.ended.is_set():
         client.leave()
         return
     if not client.ended_cleanly:
@@ -345,6 +347,7 @@ def send(
     ca: Optional[Path] = CA,
     downloads: Path = DOWNLOADS,
     json_output: bool = JSON_OUTPUT,
+    no_reconnect: bool = NO_RECONNECT,
 ) -> None:
     """Connect, send files (or a line), wait until every recipient verified them, leave.
 
@@ -362,7 +365,8 @@ def send(
         command = PrivateMessage(to, message) if to else Say(message)
         parse(("/msg " + to + " " if to else "//") + message)  # the same length check as typed lines
     console = Console(json_output)
-    client = Client(host, port, _client_files(certs, name, cert, key, ca), Downloads(downloads), console)
+    client = Client(host, port, _client_files(certs, name, cert, key, ca), Downloads(downloads), console,
+                    reconnect=not no_reconnect, give_up_after=RESUME_WAIT)
     client.connect()
     if command is not None:
         client.handle(command)
@@ -371,7 +375,8 @@ def send(
         thread.start()
     for thread in senders:
         thread.join()
-    client.outgoing.wait_idle()
+    while not client.outgoing.wait_idle(timeout=1.0, retries=True) and not client.ended.is_set():
+        pass  # interrupted files are offered again when the connection (or their recipient) is back
     failures = [f"{s.name} to {who or 'anyone'}: {reason}" for s in client.outgoing.finished for who, reason in s.failed]
     client.leave()
     if failures:

@@ -5,12 +5,22 @@ also does all sending on the socket), one reads what the person types. Each
 /send gets a thread that reads the file and queues its chunks; it blocks
 when the outbox is full, which is how a big file is paced without memory
 growing.
+
+A connection that drops without a goodbye is re-opened (exponential backoff
+with jitter, capped at RECONNECT_MAX) unless reconnecting is off. Lines typed
+meanwhile wait in a bounded backlog and go out first on the new connection;
+files that were in flight are offered again, and the receivers' kept parts
+make that a resume. A goodbye from the server (shutdown, revoked, replaced
+by another connection with our certificate) is final: reconnecting would
+only fight it.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from . import frames
@@ -18,62 +28,103 @@ from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, 
 from .connection import HELLO_TIMEOUT, Connection, connect
 from .console import Console, show_message
 from .errors import ConnectionFailed, ConnectionLost, RemoteProtocolError, TransferError
-from .inbox import Inbox, Verdict
-from .outgoing import Outgoing
+from .inbox import Inbox, Verdict, announce_incoming
+from .outgoing import Outgoing, Retry
 from .tls import ClientFiles, client_context, peer_identity
 from .transfer import Downloads
 
 SOFTWARE = "securechat-client/0.1"
+RECONNECT_FIRST = 0.5  # seconds before the first attempt; doubled after each failure
+RECONNECT_MAX = 30.0
+MAX_BACKLOG = 100  # lines typed while disconnected; more are refused, visibly
+
+
+def _is_final(failure: ConnectionFailed) -> bool:
+    """Failures that retrying cannot fix: the server refuses our certificate or our protocol."""
+    text = str(failure).lower()
+    return "certificate" in text or "protocol version" in text or "not a securechat peer" in text
 
 
 class Client:
-    def __init__(self, host: str, port: int, files: ClientFiles, downloads: Downloads, console: Console) -> None:
+    def __init__(self, host: str, port: int, files: ClientFiles, downloads: Downloads, console: Console,
+                 reconnect: bool = True, give_up_after: float | None = None) -> None:
         self.host, self.port = host, port
         self.context = client_context(files)
         self.console = console
         self.inbox = Inbox(downloads)
         self.outgoing = Outgoing(console)
+        self.reconnect = reconnect
+        self.give_up_after = give_up_after  # seconds of failed reconnecting before giving up; None: never
         self.conn: Connection | None = None
         self.name = ""
-        self._welcomed = threading.Event()
+        self.online = threading.Event()  # welcomed on the current connection
+        self.ended = threading.Event()  # over for good: left, or lost and not reconnecting
+        self._lock = threading.Lock()  # the backlog, and which connection is current
+        self._backlog: deque[bytes] = deque()
         self._hello_seen = False
-        self._leaving = False
+        self._leaving = threading.Event()
         self.end_reason = ""
         self.ended_cleanly = False
 
     # ------------------------------------------------ connecting
 
     def connect(self) -> None:
+        """Open a connection and wait for the server's welcome; ConnectionFailed says why not."""
         sock = connect(self.host, self.port, self.context)
         server_name = peer_identity(sock)
-        self.conn = Connection(sock, server_name, self._on_frame, self._on_close)
-        self.conn.start()
-        self.conn.send(frames.Hello(version=frames.PROTOCOL_VERSION, software=SOFTWARE))
+        self._hello_seen = False
+        conn = Connection(sock, server_name, self._on_frame, self._on_close)
+        self.conn = conn
+        conn.start()
+        conn.send(frames.Hello(version=frames.PROTOCOL_VERSION, software=SOFTWARE))
         # TLS 1.3 finishes the client's handshake before the server has checked
         # our certificate; a refusal shows up here, as the connection closing.
         deadline = time.monotonic() + HELLO_TIMEOUT
-        while not self._welcomed.wait(0.05):
-            if self.conn.finished.is_set():
+        while not self.online.wait(0.05):
+            if conn.finished.is_set():
                 raise ConnectionFailed(f"cannot join {self.host}:{self.port}: {self.end_reason}")
             if time.monotonic() > deadline:
-                self.conn.close("no welcome", send_bye=False)
+                conn.close("no welcome", send_bye=False)
                 raise ConnectionFailed(f"cannot join {self.host}:{self.port}: no answer to hello within {HELLO_TIMEOUT:.0f} s")
+
+    def _reconnect(self, reason: str) -> None:
+        delay, attempt, since = RECONNECT_FIRST, 0, time.monotonic()
+        while not self._leaving.is_set():
+            attempt += 1
+            wait = delay * random.uniform(0.5, 1.0)  # jitter: a room that lost its server does not return in step
+            self.console.event("reconnecting", attempt=attempt, seconds=round(wait, 1), reason=reason)
+            if self._leaving.wait(wait):
+                break
+            try:
+                self.connect()
+                return
+            except ConnectionFailed as exc:
+                reason = str(exc)
+                gave_up = self.give_up_after is not None and time.monotonic() - since > self.give_up_after
+                if _is_final(exc) or gave_up:
+                    self.outgoing.fail_all(f"could not reconnect: {reason}")
+                    self.console.event("disconnected", reason=f"gave up reconnecting: {reason}")
+                    break
+            delay = min(delay * 2, RECONNECT_MAX)
+        self.ended.set()
 
     # ------------------------------------------------ frames from the server
 
     def _on_frame(self, conn: Connection, frame: frames.Frame) -> None:
-        if not self._welcomed.is_set():
-            self._greeting(frame)
+        if not self.online.is_set():
+            self._greeting(conn, frame)
             return
+        if isinstance(frame, frames.Joined):
+            self._resend(self.outgoing.due([frame.name]))
         if show_message(self.console, frame) or self.outgoing.handle(frame):
             return
         match frame:
             case frames.Offer():
-                self._answer(self.inbox.offer(frame.id, frame.sender or "server", frame.name, frame.size))
+                self._offered(conn, frame)
             case frames.Chunk():
-                self._answer(self.inbox.chunk(frame.id, frame.data))
+                self._answer(conn, self.inbox.chunk(frame.id, frame.data))
             case frames.End():
-                self._answer(self.inbox.end(frame.id, frame.sha256))
+                self._answer(conn, self.inbox.end(frame.id, frame.sha256))
             case frames.Abort():
                 verdict = self.inbox.abort(frame.id, frame.reason)
                 if verdict is not None:
@@ -83,7 +134,7 @@ class Client:
             case _:
                 raise RemoteProtocolError(f"the server may not send {frame.TYPE!r} now")
 
-    def _greeting(self, frame: frames.Frame) -> None:
+    def _greeting(self, conn: Connection, frame: frames.Frame) -> None:
         if not self._hello_seen:
             if not isinstance(frame, frames.Hello):
                 raise RemoteProtocolError("the server's first message was not hello")
@@ -98,76 +149,149 @@ class Client:
         self.name = frame.you
         self.console.event("connected", peer=f"{self.host}:{self.port}", name=frame.you, server=frame.server,
                            members=frame.members)
-        self._welcomed.set()
+        with self._lock:
+            while self._backlog:  # typed while we were away: first, in order
+                conn.outbox.put_control(self._backlog.popleft())
+            self.online.set()
+        self._resend(self.outgoing.due(frame.members, reconnected=True))
 
-    def _answer(self, verdict: Verdict | None) -> None:
+    def _offered(self, conn: Connection, offer: frames.Offer) -> None:
+        sender = offer.sender or "server"
+
+        def ready(offset: int, note: str) -> None:  # on the file's writer thread
+            announce_incoming(self.console, sender, offer.name, offer.size, offset, note)
+            conn.send(frames.Accept(id=offer.id, offset=offset))
+
+        self._answer(conn, self.inbox.offer(offer.id, sender, offer.name, offer.size, offer.sha256, ready))
+
+    def _answer(self, conn: Connection, verdict: Verdict | None) -> None:
         """Report a decided incoming transfer and tell the sender (through the server)."""
         if verdict is None:
             return
         verdict.report(self.console)
-        assert self.conn is not None
-        self.conn.send(frames.Result(id=verdict.transfer_id, ok=verdict.ok, reason=verdict.reason[:900],
-                                     sha256=verdict.sha256 if verdict.ok else None))
+        conn.send(frames.Result(id=verdict.transfer_id, ok=verdict.ok, reason=verdict.reason[:900],
+                                sha256=verdict.sha256 if verdict.ok else None))
 
     def _on_close(self, conn: Connection, reason: str, clean: bool) -> None:
         self.end_reason = reason
         self.ended_cleanly = clean
+        was_online = self.online.is_set()
+        with self._lock:
+            self.online.clear()
+            # Chat lines still queued were never written: they go out again after a reconnect.
+            unsent = [f for f in conn.outbox.unsent_control if _is_chat(f)]
+            self._backlog.extendleft(reversed(unsent))
         for verdict in self.inbox.close(f"connection closed: {reason}"):
             verdict.report(self.console)
-        self.outgoing.fail_all(f"connection closed: {reason}")
-        if self._welcomed.is_set() and not self._leaving:
-            self.console.event("disconnected", reason=reason)
+        if not was_online:
+            return  # connect() reports it
+        if self._leaving.is_set() or clean or not self.reconnect:
+            self.outgoing.fail_all(f"connection closed: {reason}")
+            if not self._leaving.is_set():
+                self.console.event("disconnected", reason=reason)
+            self.ended.set()
+            return
+        self.outgoing.interrupt_all(f"connection lost: {reason}")
+        self.console.event("disconnected", reason=reason, reconnecting=True)
+        threading.Thread(target=self._reconnect, args=(reason,), name="reconnect", daemon=True).start()
 
     # ------------------------------------------------ what the person types
 
     def handle(self, command: Command) -> bool:
-        assert self.conn is not None
         match command:
             case Say(text=text):
-                self.conn.send(frames.Chat(text=text))
+                self._say(frames.Chat(text=text))
             case PrivateMessage(to=to, text=text):
-                self.conn.send(frames.Chat(text=text, to=to))
+                self._say(frames.Chat(text=text, to=to))
             case SendFile(path=path, to=to):
                 threading.Thread(target=self.send_file, args=(path, to), name="send-file", daemon=True).start()
             case Who():
-                self.conn.send(frames.Who())
+                if not self._send_now(frames.encode(frames.Who())):
+                    self.console.error("not connected: /who needs the server")
             case Help():
                 self.console.event("help", text=HELP)
             case Quit():
                 return False
         return True
 
-    def send_file(self, path: Path, to: str | None = None) -> None:
-        assert self.conn is not None
-        with self.outgoing.slots:
-            self._send_file(path, to)
+    def _send_now(self, encoded: bytes) -> bool:
+        """Queue on the current connection; False while there is none (or it just failed)."""
+        with self._lock:
+            return self.online.is_set() and self.conn is not None and self.conn.outbox.put_control(encoded)
 
-    def _send_file(self, path: Path, to: str | None) -> None:
-        assert self.conn is not None
-        started = self.outgoing.start(path)
+    def _say(self, message: frames.Chat) -> None:
+        encoded = frames.encode(message)
+        with self._lock:
+            if self.online.is_set() and self.conn is not None and self.conn.outbox.put_control(encoded):
+                return
+            if len(self._backlog) >= MAX_BACKLOG:
+                self.console.error(f"not connected and {MAX_BACKLOG} lines are waiting already: this line was NOT sent")
+                return
+            self._backlog.append(encoded)
+            waiting = len(self._backlog)
+        self.console.event("queued", waiting=waiting)
+
+    def _resend(self, retries: list[Retry]) -> None:
+        for retry in retries:
+            threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="resend", daemon=True).start()
+
+    def send_file(self, path: Path, to: str | None = None, previous: Retry | None = None) -> None:
+        with self.outgoing.slots:
+            if not self.online.is_set():
+                self.console.event("notice", text=f"not connected: {path.name} will be sent when the connection is back")
+                while not self.online.wait(0.5):
+                    if self.ended.is_set():
+                        self.console.event("file_failed", to=to, name=path.name, reason="not connected")
+                        if previous is not None:
+                            self.outgoing.unclaim()
+                        return
+            self._send_file(path, to, previous)
+
+    def _send_file(self, path: Path, to: str | None, previous: Retry | None) -> None:
+        started = self.outgoing.start(path, to, previous)
         if started is None:
             return
         source, transfer_id = started
+        conn = self.conn
+        assert conn is not None
         try:
-            self.conn.send_stream(frames.Offer(id=transfer_id, name=source.name, size=source.size, to=to))
-            for frame in source.chunk_frames(transfer_id):
+            conn.send_stream(frames.Offer(id=transfer_id, name=source.name, size=source.size, sha256=source.sha256,
+                                          to=to))
+            offset = self.outgoing.wait_accept(transfer_id)
+            if offset is None:
+                return
+            for frame in source.chunk_frames(transfer_id, offset):
                 if self.outgoing.cancelled(transfer_id):
                     break
-                self.conn.outbox.put_data(frame)
+                conn.outbox.put_data(frame)
             else:
-                self.conn.send_stream(frames.End(id=transfer_id, sha256=source.sha256))
+                conn.send_stream(frames.End(id=transfer_id, sha256=source.sha256))
         except TransferError as exc:
-            self.conn.send_stream(frames.Abort(id=transfer_id, reason=str(exc)))
+            conn.send_stream(frames.Abort(id=transfer_id, reason=str(exc)))
             self.outgoing.fail(transfer_id, str(exc))
-        except ConnectionLost as exc:
-            self.outgoing.fail(transfer_id, f"connection closed: {exc}")
+        except ConnectionLost:
+            pass  # _on_close decides: offered again after a reconnect, or failed
         finally:
             source.close()
 
     def leave(self) -> None:
         """Let transfers in progress finish, say goodbye, close."""
-        assert self.conn is not None
-        self.outgoing.wait_idle()
-        self._leaving = True
-        self.conn.close("left")
-        self.conn.join(15.0)
+        if self.online.is_set():
+            self.outgoing.wait_idle()
+        self._leaving.set()
+        with self._lock:
+            conn = self.conn if self.online.is_set() else None
+            lost = len(self._backlog)
+        if lost:
+            self.console.error(f"{lost} line(s) typed while disconnected were not sent")
+        if conn is not None:
+            conn.close("left")
+            conn.join(15.0)
+        self.ended.set()
+
+
+def _is_chat(encoded) -> bool:
+    try:
+        return isinstance(frames.parse_control(bytes(encoded[frames.HEADER.size:])), frames.Chat)
+    except RemoteProtocolError:
+        return False

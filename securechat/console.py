@@ -63,6 +63,17 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
         case "file_sending":
             to = ", ".join(visible(n) for n in f["to"]) or "nobody"
             return f"→ sending {v['name']} ({human_size(f['size'])}) to {to}"
+        case "file_incoming":
+            if f["offset"]:
+                return (f"← resuming {v['name']} from {v['from']} at {100 * f['offset'] // max(1, f['size'])}% "
+                        f"({human_size(f['offset'])} of {human_size(f['size'])} already here, checked)")
+            return f"← receiving {v['name']} ({human_size(f['size'])}) from {v['from']}"
+        case "file_resuming":
+            return (f"→ {v['name']}: the receivers have {human_size(f['offset'])} already; "
+                    f"sending the remaining {human_size(f['size'] - f['offset'])}")
+        case "file_interrupted":
+            who = f" to {v['to']}" if v.get("to") else ""
+            return f"⏸ {v['name']}{who} interrupted ({v['reason']}); it resumes when the connection is back"
         case "file_received":
             line = (f"✓ {v['name']} {human_size(f['size'])} from {v['from']}, "
                     f"SHA-256 {_short_hash(f['sha256'])} verified, saved {v['path']}")
@@ -83,7 +94,11 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
         case "notice":
             return f"* {v['text']}"
         case "disconnected":
-            return f"* disconnected: {v['reason']}"
+            return f"* disconnected: {v['reason']}" + ("; reconnecting" if f.get("reconnecting") else "")
+        case "reconnecting":
+            return f"* reconnecting in {f['seconds']} s (attempt {f['attempt']}; {v['reason']}). Lines you type are kept until then."
+        case "queued":
+            return f"* not connected: line kept, it goes out when the connection is back ({f['waiting']} waiting)"
         case "shutdown":
             return f"* server shutting down: {v['reason']}"
         case "help":

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Union
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: offers carry the SHA-256 and wait for accept (resume)
 ALPN_PROTOCOL = "securechat/1"
 
 HEADER = struct.Struct(">BI")
@@ -138,19 +138,32 @@ class Chat:
 
 @dataclass(frozen=True)
 class Offer:
-    """Announces a file; CHUNK frames with the same id follow, then End."""
+    """Announces a file and its SHA-256. Once Accept answers it, CHUNK frames
+    with the same id follow from the accepted offset, then End."""
 
     TYPE: ClassVar[str] = "offer"
     id: int = _f(_tid)
     name: str = _f(_text(MAX_NAME_BYTES))
     size: int = _f(_uint(MAX_FILE_SIZE))
+    sha256: str = _f(_is_sha256)
     to: str | None = _f(_optional(_identity), None)
     sender: str | None = _f(_optional(_identity), None, wire="from")
 
 
 @dataclass(frozen=True)
+class Accept:
+    """Answer to an offer: send the bytes from `offset` on (the ones before are here already).
+
+    Recipient to server; then server to sender, with the smallest offset of all recipients."""
+
+    TYPE: ClassVar[str] = "accept"
+    id: int = _f(_tid)
+    offset: int = _f(_uint(MAX_FILE_SIZE))
+
+
+@dataclass(frozen=True)
 class End:
-    """All chunks of a transfer were sent; sha256 covers every byte of them."""
+    """All chunks of a transfer were sent; sha256 (the offer's) covers every byte of the file."""
 
     TYPE: ClassVar[str] = "end"
     id: int = _f(_tid)
@@ -186,13 +199,17 @@ class Recipients:
 
 @dataclass(frozen=True)
 class Result:
-    """A recipient's verdict on a transfer. `sender` names the recipient when relayed."""
+    """A recipient's verdict on a transfer. `sender` names the recipient when relayed.
+
+    `interrupted` (server to sender only): the recipient's connection dropped;
+    offering the file again when it is back resumes where it stopped."""
 
     TYPE: ClassVar[str] = "result"
     id: int = _f(_tid)
     ok: bool = _f(_is_bool)
     sha256: str | None = _f(_optional(_is_sha256), None)
     reason: str = _f(_reason, "")
+    interrupted: bool = _f(_is_bool, False)
     sender: str | None = _f(_optional(_identity), None, wire="from")
 
 
@@ -241,10 +258,10 @@ class Chunk:
     data: bytes | bytearray | memoryview
 
 
-Message = Union[Hello, Welcome, Chat, Offer, End, Abort, Cancel, Recipients, Result, Who, Joined, Left, Notice, Bye]
+Message = Union[Hello, Welcome, Chat, Offer, Accept, End, Abort, Cancel, Recipients, Result, Who, Joined, Left, Notice, Bye]
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls
-    for cls in (Hello, Welcome, Chat, Offer, End, Abort, Cancel, Recipients, Result, Who, Joined, Left, Notice, Bye)
+    for cls in (Hello, Welcome, Chat, Offer, Accept, End, Abort, Cancel, Recipients, Result, Who, Joined, Left, Notice, Bye)
 }
 Frame = Union[Message, Chunk]
 

@@ -4,19 +4,21 @@ Used by `join` (files from the server) and by the server's operator (files
 relayed from clients). Each call returns a Verdict when the transfer is
 decided, which the caller reports to the console and sends back as a
 Result; a Verdict for a refused offer comes back at once, and the chunks
-that still follow it are dropped until its end.
+that still follow it are dropped until its end. A file cut short (sender
+stopped, connection gone) keeps its partial, so offering it again resumes.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .console import Console
 from .errors import RemoteProtocolError, TransferError
 from .images import extension_mismatch, sniff
-from .transfer import Downloads, IncomingFile
+from .transfer import Downloads, IncomingFile, human_size
 
 MAX_OPEN_FILES = 64  # files being written at once; more are refused, each with a reason
 MAX_REFUSED_OPEN = 1024  # refused offers whose chunks are still coming: past this, a flood
@@ -49,6 +51,13 @@ class Verdict:
             console.event("file_rejected", **{"from": self.sender}, name=self.name, reason=self.reason)
 
 
+def announce_incoming(console: Console, sender: str, name: str, size: int, offset: int, note: str) -> None:
+    """A file starts arriving (or resumes, from `offset`)."""
+    if note:
+        console.event("notice", text=note)
+    console.event("file_incoming", **{"from": sender}, name=name, size=size, offset=offset)
+
+
 class Inbox:
     def __init__(self, downloads: Downloads) -> None:
         self.downloads = downloads
@@ -56,7 +65,10 @@ class Inbox:
         self._active: dict[int, tuple[IncomingFile, str]] = {}
         self._dropping: dict[int, str] = {}  # refused transfers whose chunks still come
 
-    def offer(self, transfer_id: int, sender: str, name: str, size: int) -> Verdict | None:
+    def offer(self, transfer_id: int, sender: str, name: str, size: int, sha256: str,
+              on_ready: Callable[[int, str], None]) -> Verdict | None:
+        """Start receiving; `on_ready(offset, note)` follows from another thread once the
+        kept part (if any) is checked, and the sender should then be told to go on from offset."""
         with self._lock:
             if transfer_id in self._active or transfer_id in self._dropping:
                 raise RemoteProtocolError(f"transfer id {transfer_id} offered twice")
@@ -65,7 +77,8 @@ class Inbox:
             try:
                 if len(self._active) >= MAX_OPEN_FILES:
                     raise TransferError(f"more than {MAX_OPEN_FILES} files arriving at once; send it again later")
-                self._active[transfer_id] = (IncomingFile(self.downloads, name, size), sender)
+                incoming = IncomingFile(self.downloads, name, size, sha256, sender, on_ready)
+                self._active[transfer_id] = (incoming, sender)
             except TransferError as exc:
                 self._dropping[transfer_id] = sender
                 return Verdict(transfer_id, sender, name, False, str(exc))
@@ -116,8 +129,8 @@ class Inbox:
                 return None
             del self._active[transfer_id]
         incoming, sender = entry
-        incoming.discard()
-        return Verdict(transfer_id, sender, incoming.name, False, f"sender stopped: {reason}" if reason else "sender stopped")
+        reason = f"sender stopped: {reason}" if reason else "sender stopped"
+        return Verdict(transfer_id, sender, incoming.name, False, _kept(reason, incoming.suspend()))
 
     def progress(self) -> list[tuple[int, str, str, int, int]]:
         """(id, name, sender, bytes received, size) of every file still arriving, for progress bars."""
@@ -125,12 +138,15 @@ class Inbox:
             return [(tid, f.name, sender, f.received, f.size) for tid, (f, sender) in self._active.items()]
 
     def close(self, reason: str) -> list[Verdict]:
-        """Discard every unfinished file (the connection is gone); say which."""
+        """Stop every unfinished file, keeping what arrived for a resume (the connection is gone)."""
         with self._lock:
             active, self._active = self._active, {}
             self._dropping.clear()
         verdicts = []
         for transfer_id, (incoming, sender) in active.items():
-            incoming.discard()
-            verdicts.append(Verdict(transfer_id, sender, incoming.name, False, reason))
+            verdicts.append(Verdict(transfer_id, sender, incoming.name, False, _kept(reason, incoming.suspend())))
         return verdicts
+
+
+def _kept(reason: str, kept: int) -> str:
+    return f"{reason} ({human_size(kept)} kept to resume from)" if kept else reason

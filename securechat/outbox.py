@@ -46,19 +46,22 @@ class Outbox:
         self._drain_waiters: list[Callable[[], None]] = []
         self._last_progress = time.monotonic()  # last pop, or when the data lane last became non-empty
         self.failure: str | None = None  # set once: the reason this outbox stopped
+        self.unsent_control: list[Buffer] = []  # control frames never written, kept when it stopped
 
     # ------------------------------------------------------------ producers
 
-    def put_control(self, frame: Buffer) -> None:
+    def put_control(self, frame: Buffer) -> bool:
+        """Enqueue a control frame; False if this outbox has stopped (the frame is not queued)."""
         with self._cond:
             if self.failure is not None:
-                return
+                return False
             self._control.append(frame)
             self._control_bytes += len(frame)
             overflow = self._control_bytes > CONTROL_LIMIT
         if overflow:
             self.fail(f"too slow: {CONTROL_LIMIT // 1024} KiB of messages waiting unread")
         self._wake_writer()
+        return True
 
     def put_data(self, frame: Buffer, stall_timeout: float | None = None) -> None:
         """Enqueue, blocking while the data lane is full. Not for I/O threads.
@@ -131,6 +134,7 @@ class Outbox:
             if self.failure is not None:
                 return
             self.failure = reason
+            self.unsent_control = list(self._control)
             self._control.clear()
             self._data.clear()
             self._control_bytes = self._data_bytes = 0

@@ -1,21 +1,31 @@
 """Files we are sending, tracked until every recipient has given its verdict.
 
-The server answers each offer with the list of recipients, then relays one
-Result per recipient. A transfer is finished when every named recipient has
-answered (or the connection is gone); `wait_idle` lets `exit` wait for that.
+The server answers each offer with the list of recipients, then with the
+offset to send from (`accept`: recipients may hold part of the file from an
+interrupted attempt), then relays one Result per recipient. A transfer is
+finished when every named recipient has answered (or the connection is gone);
+`wait_idle` lets `exit` wait for that.
+
+A transfer cut short by a dropped connection, ours or a recipient's, becomes
+a Retry: offered again, to that recipient only, when it is back (our own
+reconnect, or a `joined` from the room) within RESUME_WAIT. The recipient's
+kept part makes that a resume rather than a fresh start.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import frames
 from .console import Console
-from .errors import UsageError
+from .errors import TransferError, UsageError
 from .transfer import FileSource
+
+RESUME_WAIT = 600.0  # seconds an interrupted transfer waits for its recipient to come back
 
 
 @dataclass
@@ -23,11 +33,26 @@ class Sending:
     transfer_id: int
     name: str
     size: int
+    path: Path | None = None
+    to: str | None = None
+    sha256: str | None = None
     pending: set[str] | None = None  # None until the server says who receives it
+    offset: int | None = None  # None until the server says where to start
     cancelled: bool = False
     source: object | None = None  # the FileSource, whose `sent` a progress bar reads
     delivered: list[str] = field(default_factory=list)
     failed: list[tuple[str | None, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """An interrupted transfer to offer again when `to` (None: the whole room) is reachable."""
+
+    path: Path
+    name: str
+    to: str | None
+    sha256: str | None
+    until: float
 
 
 MAX_PARALLEL_SENDS = 4  # more files wait for a slot, so a server's per-member cap is never hit
@@ -39,23 +64,36 @@ class Outgoing:
         self.slots = threading.BoundedSemaphore(MAX_PARALLEL_SENDS)  # held by each send_file
         self._cond = threading.Condition()
         self._transfers: dict[int, Sending] = {}
+        self._retries: list[Retry] = []
+        self._claimed = 0  # retries handed out by due() whose transfer has not started yet
         self._ids = itertools.count(1)
         self.finished: list[Sending] = []
 
-    def new(self, name: str, size: int, source: object | None = None) -> int:
-        with self._cond:
-            transfer_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
-            self._transfers[transfer_id] = Sending(transfer_id, name, size, source=source)
-            return transfer_id
-
-    def start(self, path: Path) -> tuple[FileSource, int] | None:
-        """Open a file to send and give it an id; a file that cannot be read is reported, None."""
+    def start(self, path: Path, to: str | None = None, previous: Retry | None = None) -> tuple[FileSource, int] | None:
+        """Open and hash a file to send and give it an id; a file that cannot be read is reported, None."""
         try:
             source = FileSource(path)
-        except UsageError as exc:
+            sha256 = source.sha256
+        except (UsageError, TransferError) as exc:
             self._console.error(str(exc))
+            if previous is not None:
+                self.unclaim()
             return None
-        return source, self.new(source.name, source.size, source)
+        if previous is not None and previous.sha256 not in (None, sha256):
+            self._console.event("notice", text=f"{path.name} changed since it was interrupted; sending it afresh")
+        with self._cond:
+            transfer_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
+            self._transfers[transfer_id] = Sending(transfer_id, source.name, source.size, path, to, sha256,
+                                                   source=source)
+            if previous is not None:
+                self._claimed -= 1
+        return source, transfer_id
+
+    def unclaim(self) -> None:
+        """A retry from due() will not be sent after all."""
+        with self._cond:
+            self._claimed -= 1
+            self._cond.notify_all()
 
     def progress(self) -> list[tuple[int, str, list[str], int, int]]:
         """(id, name, recipients still waiting, bytes read so far, size) of every file being sent."""
@@ -74,6 +112,8 @@ class Outgoing:
         match message:
             case frames.Recipients():
                 self.recipients(message)
+            case frames.Accept():
+                self.started(message.id, message.offset)
             case frames.Result():
                 self.result(message)
             case frames.Cancel():
@@ -95,6 +135,25 @@ class Outgoing:
                 self._console.event("file_failed", to=None, name=sending.name, reason="nobody else is here to receive it")
             self._finish_if_done(sending)
 
+    def started(self, transfer_id: int, offset: int) -> None:
+        """Every recipient answered the offer: data goes from `offset` on."""
+        with self._cond:
+            sending = self._transfers.get(transfer_id)
+            if sending is None or sending.offset is not None or offset > sending.size:
+                return
+            sending.offset = offset
+            if offset:
+                self._console.event("file_resuming", name=sending.name, offset=offset, size=sending.size)
+            self._cond.notify_all()
+
+    def wait_accept(self, transfer_id: int) -> int | None:
+        """The offset to send from, once known; None if the transfer ended first."""
+        with self._cond:
+            self._cond.wait_for(lambda: (s := self._transfers.get(transfer_id)) is None or s.cancelled
+                                or s.offset is not None)
+            sending = self._transfers.get(transfer_id)
+            return None if sending is None or sending.cancelled else sending.offset
+
     def result(self, message: frames.Result) -> None:
         with self._cond:
             sending = self._transfers.get(message.id)
@@ -107,10 +166,18 @@ class Outgoing:
                 sending.delivered.append(who)
                 self._console.event("file_delivered", to=who, name=sending.name, size=sending.size,
                                     sha256=message.sha256)
+            elif message.interrupted and sending.path is not None:
+                self._retry(sending, who, message.reason)
             else:
                 sending.failed.append((who, message.reason))
                 self._console.event("file_failed", to=who, name=sending.name, reason=message.reason)
             self._finish_if_done(sending)
+
+    def _retry(self, sending: Sending, to: str | None, reason: str) -> None:
+        assert sending.path is not None
+        self._retries.append(Retry(sending.path, sending.name, to, sending.sha256, time.monotonic() + RESUME_WAIT))
+        self._console.event("file_interrupted", name=sending.name, to=to, reason=reason)
+        self._cond.notify_all()
 
     def stop(self, transfer_id: int) -> None:
         """The server asked us to stop sending (nobody is receiving any more)."""
@@ -118,6 +185,7 @@ class Outgoing:
             sending = self._transfers.get(transfer_id)
             if sending is not None:
                 sending.cancelled = True
+                self._cond.notify_all()
 
     def cancelled(self, transfer_id: int) -> bool:
         with self._cond:
@@ -140,10 +208,54 @@ class Outgoing:
     def fail_all(self, reason: str) -> None:
         with self._cond:
             ids = list(self._transfers)
+            retries, self._retries = self._retries, []
         for transfer_id in ids:
             self.fail(transfer_id, reason)
+        for retry in retries:
+            self._console.event("file_failed", to=retry.to, name=retry.name, reason=reason)
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until no transfer is waiting for a verdict."""
+    def interrupt_all(self, reason: str) -> None:
+        """Our connection dropped: every transfer still open waits to be offered again."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._transfers, timeout)
+            for sending in list(self._transfers.values()):
+                self._transfers.pop(sending.transfer_id)
+                sending.cancelled = True
+                if sending.path is None:
+                    continue
+                if sending.pending is None:
+                    self._retry(sending, sending.to, reason)
+                for who in sorted(sending.pending or ()):
+                    self._retry(sending, who, reason)
+            self._cond.notify_all()
+
+    def due(self, present: list[str], reconnected: bool = False) -> list[Retry]:
+        """Retries whose recipient is among `present` (all room-wide ones too after our reconnect)."""
+        now = time.monotonic()
+        with self._cond:
+            due, keep = [], []
+            for retry in self._retries:
+                if retry.until < now:
+                    reason = f"not back within {RESUME_WAIT:.0f} s to resume"
+                    self.finished.append(Sending(0, retry.name, 0, retry.path, retry.to, failed=[(retry.to, reason)]))
+                    self._console.event("file_failed", to=retry.to, name=retry.name, reason=reason)
+                elif retry.to in present or (retry.to is None and reconnected):
+                    due.append(retry)
+                    self._claimed += 1
+                else:
+                    keep.append(retry)
+            self._retries = keep
+            self._cond.notify_all()
+            return due
+
+    def wait_idle(self, timeout: float | None = None, retries: bool = False) -> bool:
+        """Block until no transfer is waiting for a verdict (and, with `retries`, none for a resume)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._transfers or (retries and (self._retries or self._claimed)):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(1.0 if left is None else min(1.0, left))
+                if retries:
+                    self.due([])  # expires the ones that waited too long
+            return True

@@ -4,8 +4,12 @@ Everyone in the room is a Participant: a remote client (server.Session) or
 the operator at the server's terminal (server.Operator). The room never
 touches sockets; it calls Participant methods, which queue frames.
 
-A file is relayed, not stored: each chunk from the sender is framed once
-and the same bytes are queued to every recipient. When a recipient's queue
+A file is relayed, not stored. The offer goes to every recipient, and each
+answers with the offset it wants the bytes from (it may hold part of the
+file from an interrupted attempt); once all have answered (or
+ACCEPT_TIMEOUT passed), the sender is told the smallest offset and starts
+there. Each chunk is framed once and the same bytes are queued to every
+recipient, minus the leading bytes a recipient already has. When a recipient's queue
 is full, the sender's connection stops reading until it drains (TCP then
 slows the sender), so memory stays bounded by the queues, not by the file.
 The SHA-256 that each recipient checks is the one the original sender
@@ -28,6 +32,12 @@ from .outbox import Outbox
 
 Pause = Callable[[Outbox], None] | None  # None: block instead (for threads that may)
 
+# Seconds a recipient may take to answer an offer. Nobody gets a byte until every
+# recipient has answered (the sender needs the smallest offset), so one frozen
+# member would hold up the room: past this it is left out of that file and told.
+# The same limit as a stalled queue; checking a kept part takes ~1 s per GiB.
+ACCEPT_TIMEOUT = 10.0
+
 
 class Participant:
     """What the room needs from a member. Subclasses: server.Session, server.Operator."""
@@ -38,6 +48,11 @@ class Participant:
         raise NotImplementedError
 
     def offer(self, relay: "Relay") -> None:
+        """Offer the file; the answer comes back as Room.accepted() or Room.verdict()."""
+        raise NotImplementedError
+
+    def start_sending(self, relay: "Relay") -> None:
+        """As the relay's sender: every recipient answered, send from relay.start on."""
         raise NotImplementedError
 
     def chunk(self, relay: "Relay", frame: bytes, data: memoryview, pause: Pause) -> bool:
@@ -61,10 +76,14 @@ class Relay:
     sender_id: int  # the id the sender chose for it
     name: str
     size: int
+    sha256: str
     targets: list[Participant]  # still being fed chunks
     pending: dict[str, Participant]  # still owing a verdict
-    received: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)  # where each recipient wants the bytes from
+    start: int | None = None  # where the sender starts, once every recipient answered the offer
+    received: int = 0  # the sender's position in the file
     finished: bool = False  # the sender sent end or abort
+    ready: threading.Event = field(default_factory=threading.Event)  # start is known, or finished
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -94,20 +113,21 @@ class Room:
             old = self._members.get(member.name)
             if old is not None:
                 self._members.pop(member.name)
-                self._forget(old, "replaced by a new connection")
+                self._forget(old, "replaced by a new connection", interrupted=True)
                 self._broadcast(frames.Left(name=old.name, reason="replaced by a new connection"), skip=old)
                 old.kick("replaced by a new connection with the same certificate")
             self._broadcast(frames.Joined(name=member.name), skip=member)
             self._members[member.name] = member
 
-    def leave(self, member: Participant, reason: str) -> None:
+    def leave(self, member: Participant, reason: str, interrupted: bool = False) -> None:
+        """`interrupted`: the connection dropped (rather than the member saying goodbye)."""
         with self._lock:
             if self._members.get(member.name) is member:
                 del self._members[member.name]
                 self._broadcast(frames.Left(name=member.name, reason=reason), skip=member)
-            self._forget(member, f"{member.name} left ({reason})" if reason else f"{member.name} left")
+            self._forget(member, f"{member.name} left ({reason})" if reason else f"{member.name} left", interrupted)
 
-    def _forget(self, member: Participant, reason: str) -> None:
+    def _forget(self, member: Participant, reason: str, interrupted: bool) -> None:
         """Settle every relay `member` was part of."""
         for relay in list(self._relays.values()):
             if relay.sender is member:
@@ -115,7 +135,7 @@ class Room:
                     self._abort(relay, f"{member.name} left")
                 self._relays.pop(relay.id, None)
             elif member.name in relay.pending and relay.pending[member.name] is member:
-                self._verdict(relay, member.name, False, reason, None)
+                self._verdict(relay, member.name, False, reason, None, interrupted)
 
     def _broadcast(self, message: frames.Message, skip: Participant | None = None) -> None:
         encoded = frames.encode(message)
@@ -140,7 +160,8 @@ class Room:
 
     # ---------------------------------------------------------------- files
 
-    def start_relay(self, sender: Participant, sender_id: int, name: str, size: int, to: str | None) -> Relay:
+    def start_relay(self, sender: Participant, sender_id: int, name: str, size: int, sha256: str,
+                    to: str | None) -> Relay:
         """Offer the file to its recipients and tell the sender who they are."""
         with self._lock:
             if to is None:
@@ -151,28 +172,74 @@ class Room:
             relay_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
             while relay_id in self._relays or relay_id == 0:
                 relay_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
-            relay = Relay(relay_id, sender, sender_id, name, size, list(targets), {t.name: t for t in targets})
+            relay = Relay(relay_id, sender, sender_id, name, size, sha256, list(targets), {t.name: t for t in targets})
             self._relays[relay_id] = relay
             sender.deliver(frames.Recipients(id=sender_id, names=sorted(relay.pending)))
-            for target in targets:
-                target.offer(relay)
             if not targets:
                 relay.finished = True  # the sender stops; its chunks are dropped
+                relay.ready.set()
+            else:
+                timer = threading.Timer(ACCEPT_TIMEOUT, self._offer_expired, (relay,))
+                timer.daemon = True
+                timer.start()
+            for target in targets:
+                target.offer(relay)
         if to is not None and not targets:
             sender.deliver(frames.Notice(text=f"nobody named {to!r} is here"))
         return relay
 
+    def accepted(self, relay_id: int, recipient: Participant, offset: int) -> bool:
+        """A recipient's answer to an offer; False if the offset is past the end of the file."""
+        with self._lock:
+            relay = self._relays.get(relay_id)
+            if relay is None or relay.pending.get(recipient.name) is not recipient or relay.start is not None:
+                return True  # late, or for a relay already settled
+            if offset > relay.size:
+                return False
+            relay.offsets.setdefault(recipient.name, offset)
+            self._maybe_start(relay)
+        return True
+
+    def _maybe_start(self, relay: Relay) -> None:
+        if relay.start is not None or relay.finished or not relay.pending:
+            return
+        if all(name in relay.offsets for name in relay.pending):
+            relay.start = relay.received = min(relay.offsets[name] for name in relay.pending)
+            relay.sender.start_sending(relay)
+            relay.ready.set()
+
+    def _offer_expired(self, relay: Relay) -> None:
+        with self._lock:
+            if relay.ready.is_set() or self._relays.get(relay.id) is not relay:
+                return
+            for name, member in list(relay.pending.items()):
+                if name not in relay.offsets:
+                    with relay.lock:
+                        if member in relay.targets:
+                            relay.targets.remove(member)
+                    member.abort(relay, "no answer to the offer in time")
+                    self._verdict(relay, name, False, f"did not answer the offer within {ACCEPT_TIMEOUT:.0f} s", None)
+
     def relay_chunk(self, relay: Relay, data: memoryview, pause: Pause, frame: bytes | None = None) -> str | None:
-        """Pass a chunk to every recipient; returns an error for the sender, if any."""
+        """Pass a chunk to every recipient, from its own offset on; returns an error for the sender, if any."""
+        position = relay.received
         relay.received += len(data)
         if relay.received > relay.size:
             with self._lock:
                 self._abort(relay, f"sender sent more than the {relay.size} bytes it declared")
             return f"{relay.name}: you sent more than the {relay.size} bytes you declared"
-        if frame is None:
-            frame = frames.encode_chunk(relay.id, data)
         for target in list(relay.targets):
-            if not target.chunk(relay, frame, data, pause):
+            skip = relay.offsets.get(target.name, 0) - position
+            if skip >= len(data):
+                continue  # it has these bytes already
+            if skip > 0:
+                part = data[skip:]
+                ok = target.chunk(relay, frames.encode_chunk(relay.id, part), part, pause)
+            else:
+                if frame is None:
+                    frame = frames.encode_chunk(relay.id, data)
+                ok = target.chunk(relay, frame, data, pause)
+            if not ok:
                 with relay.lock:
                     if target in relay.targets:
                         relay.targets.remove(target)
@@ -193,6 +260,7 @@ class Room:
 
     def _abort(self, relay: Relay, reason: str) -> None:
         relay.finished = True
+        relay.ready.set()
         for target in list(relay.targets):
             target.abort(relay, reason)
         relay.targets.clear()
@@ -210,14 +278,16 @@ class Room:
                     relay.targets.remove(recipient)
             self._verdict(relay, recipient.name, ok, reason, sha256)
 
-    def _verdict(self, relay: Relay, name: str, ok: bool, reason: str, sha256: str | None) -> None:
+    def _verdict(self, relay: Relay, name: str, ok: bool, reason: str, sha256: str | None,
+                 interrupted: bool = False) -> None:
         relay.pending.pop(name, None)
-        relay.sender.deliver(frames.Result(id=relay.sender_id, ok=ok, reason=reason[:900], sha256=sha256, sender=name))
+        relay.sender.deliver(frames.Result(id=relay.sender_id, ok=ok, reason=reason[:900], sha256=sha256, sender=name,
+                                           interrupted=interrupted))
+        self._maybe_start(relay)
         if not relay.pending:
-            if relay.finished:
-                self._relays.pop(relay.id, None)
-            else:
+            if not relay.finished:
                 # Nobody is left to receive it: tell the sender to stop sending.
                 relay.sender.deliver(frames.Cancel(id=relay.sender_id, reason="no recipient left"))
                 relay.finished = True
-                self._relays.pop(relay.id, None)
+            self._relays.pop(relay.id, None)
+            relay.ready.set()

@@ -21,9 +21,9 @@ from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, 
 from .connection import Connection, tls_handshake, tune_socket
 from .console import Console, show_message
 from .errors import ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError, TransferError, UsageError
-from .inbox import Inbox, Verdict
+from .inbox import Inbox, Verdict, announce_incoming
 from .outbox import STALL_TIMEOUT
-from .outgoing import Outgoing
+from .outgoing import Outgoing, Retry
 from .room import Participant, Pause, Relay, Room
 from .tls import peer_identity, server_context
 from .transfer import Downloads
@@ -70,7 +70,12 @@ class Session(Participant):
         self.conn.outbox.put_control(encoded or frames.encode(message))
 
     def offer(self, relay: Relay) -> None:
-        self.conn.send_stream(frames.Offer(id=relay.id, name=relay.name, size=relay.size, sender=relay.sender.name))
+        self.conn.send_stream(frames.Offer(id=relay.id, name=relay.name, size=relay.size, sha256=relay.sha256,
+                                           sender=relay.sender.name))
+
+    def start_sending(self, relay: Relay) -> None:
+        assert relay.start is not None
+        self.deliver(frames.Accept(id=relay.sender_id, offset=relay.start))
 
     def chunk(self, relay: Relay, frame: bytes, data: memoryview, pause: Pause) -> bool:
         outbox = self.conn.outbox
@@ -103,6 +108,8 @@ class Session(Participant):
                 relay = self._uploads.get(frame.id)
                 if relay is None:
                     raise RemoteProtocolError(f"data for transfer {frame.id}, which was never offered")
+                if not relay.ready.is_set():
+                    raise RemoteProtocolError(f"data for transfer {frame.id} before it was accepted")
                 if not relay.finished:
                     self.room.relay_chunk(relay, memoryview(frame.data), conn.wait_for)
             case frames.Chat():
@@ -116,7 +123,11 @@ class Session(Participant):
                     raise RemoteProtocolError(f"transfer id {frame.id} offered twice")
                 if len(self._uploads) >= MAX_UPLOADS:
                     raise RemoteProtocolError(f"more than {MAX_UPLOADS} files sent at once")
-                self._uploads[frame.id] = self.room.start_relay(self, frame.id, frame.name, frame.size, frame.to)
+                self._uploads[frame.id] = self.room.start_relay(self, frame.id, frame.name, frame.size, frame.sha256,
+                                                                frame.to)
+            case frames.Accept():
+                if not self.room.accepted(frame.id, self, frame.offset):
+                    raise RemoteProtocolError(f"accept for transfer {frame.id} is past the end of the file")
             case frames.End():
                 relay = self._upload(frame.id, "end")
                 if not relay.finished:
@@ -154,7 +165,7 @@ class Session(Participant):
 
     def _on_close(self, conn: Connection, reason: str, clean: bool) -> None:
         if self._greeted:
-            self.room.leave(self, "" if clean else reason)
+            self.room.leave(self, "" if clean else reason, interrupted=not clean)
         self.server.forget(self)
 
 
@@ -169,6 +180,10 @@ class Operator(Participant):
         self.outgoing = Outgoing(console)
 
     def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
+        if isinstance(message, frames.Joined):
+            for retry in self.outgoing.due([message.name]):  # back after a drop: resume what it missed
+                threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="operator-resend",
+                                 daemon=True).start()
         show_message(self.console, message) or self.outgoing.handle(message)
 
     def _settle(self, relay: Relay, verdict: Verdict | None) -> bool:
@@ -179,11 +194,18 @@ class Operator(Participant):
         return False
 
     def offer(self, relay: Relay) -> None:
+        def ready(offset: int, note: str) -> None:
+            announce_incoming(self.console, relay.sender.name, relay.name, relay.size, offset, note)
+            self.room.accepted(relay.id, self, offset)
+
         try:
-            verdict = self.inbox.offer(relay.id, relay.sender.name, relay.name, relay.size)
+            verdict = self.inbox.offer(relay.id, relay.sender.name, relay.name, relay.size, relay.sha256, ready)
         except RemoteProtocolError as exc:
             verdict = Verdict(relay.id, relay.sender.name, relay.name, False, str(exc))
         self._settle(relay, verdict)
+
+    def start_sending(self, relay: Relay) -> None:
+        pass  # the operator's send thread waits for relay.ready
 
     def chunk(self, relay: Relay, frame: bytes, data: memoryview, pause: Pause) -> bool:
         return self._settle(relay, self.inbox.chunk(relay.id, data))
@@ -219,22 +241,28 @@ class Operator(Participant):
                 return False
         return True
 
-    def send_file(self, path: Path, to: str | None) -> None:
+    def send_file(self, path: Path, to: str | None, previous: Retry | None = None) -> None:
         with self.outgoing.slots:
-            self._send_file(path, to)
+            self._send_file(path, to, previous)
 
-    def _send_file(self, path: Path, to: str | None) -> None:
-        started = self.outgoing.start(path)
+    def _send_file(self, path: Path, to: str | None, previous: Retry | None) -> None:
+        started = self.outgoing.start(path, to, previous)
         if started is None:
             return
         source, transfer_id = started
-        relay = self.room.start_relay(self, transfer_id, source.name, source.size, to)
+        sha256 = source.sha256  # computed by outgoing.start
+        relay = self.room.start_relay(self, transfer_id, source.name, source.size, sha256, to)
+        relay.ready.wait()  # always set: every recipient answers, or the room gives up on it
         try:
-            for frame in source.chunk_frames(relay.id):
+            if relay.finished:
+                return
+            assert relay.start is not None
+            self.outgoing.started(transfer_id, relay.start)  # what Accept tells a remote sender
+            for frame in source.chunk_frames(relay.id, relay.start):
                 if relay.finished:
                     return
                 self.room.relay_chunk(relay, memoryview(frame)[frames.CHUNK_HEADER_SIZE:], None, frame)
-            self.room.end_relay(relay, source.sha256)
+            self.room.end_relay(relay, sha256)
         except TransferError as exc:
             self.room.sender_aborted(relay, str(exc))
             self.outgoing.fail(transfer_id, str(exc))

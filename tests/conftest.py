@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -12,12 +13,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
 
 from securechat import frames
 from securechat.certs import generate
+from securechat.partials import PARTIAL_DIR
 from securechat.tls import ClientFiles, client_context
 
 EVENT_TIMEOUT = 20.0
@@ -56,11 +59,35 @@ def sparse_file(path: Path, size: int) -> Path:
     return path
 
 
-def wait_for_temp_file(folder: Path, timeout: float = 20) -> None:
-    """Until a transfer into `folder` has started (its hidden temp file exists)."""
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def partial_files(folder: Path) -> list[Path]:
+    """The .part files in a downloads folder's hidden partial area."""
+    return sorted((folder / PARTIAL_DIR).glob("*.part")) if (folder / PARTIAL_DIR).is_dir() else []
+
+
+def files_in(folder: Path) -> list[str]:
+    """Every file under `folder` (the partial area included), as relative paths; folders are not listed."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+def wait_for_temp_file(folder: Path, timeout: float = 20, at_least: int = 1) -> Path:
+    """Until a transfer into `folder` has written `at_least` bytes into its partial file; that file."""
     deadline = time.monotonic() + timeout
-    while not (folder.exists() and any(n.startswith(".securechat-") for n in os.listdir(folder))):
-        assert time.monotonic() < deadline, f"no transfer started into {folder}"
+    while True:
+        for part in partial_files(folder):
+            try:
+                if part.stat().st_size >= at_least:
+                    return part
+            except FileNotFoundError:
+                pass
+        assert time.monotonic() < deadline, f"no transfer into {folder} reached {at_least} bytes"
         time.sleep(0.01)
 
 
@@ -114,10 +141,15 @@ class Proc:
         except BrokenPipeError:
             pass
 
-    def wait_event(self, event_name: str, timeout: float = EVENT_TIMEOUT, **match) -> dict:
-        """The first event called `event_name` whose fields include `match` (seen before or arriving)."""
+    def mark(self) -> int:
+        """A point in the event stream, for wait_event(after=...)."""
+        return len(self.events)
+
+    def wait_event(self, event_name: str, timeout: float = EVENT_TIMEOUT, after: int = 0, **match) -> dict:
+        """The first event called `event_name` whose fields include `match` (seen before or arriving),
+        among the events since `after` (a mark())."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = after
         while True:
             for event in self.events[seen:]:
                 seen += 1
@@ -209,6 +241,86 @@ def room(make_room) -> Room:
     return make_room()
 
 
+class CuttingProxy:
+    """Forwards 127.0.0.1:port to the server until `cut()`, which drops every connection (RST).
+
+    It keeps accepting afterwards (a reconnect gets through) unless `refuse` is set,
+    when new connections are reset at once."""
+
+    def __init__(self, target_port: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target_port = target_port
+        self.forwarded = 0  # client -> server bytes
+        self.connections = 0
+        self.refuse = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.refuse.is_set():
+                _reset(client)
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._sockets += [client, server]
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    return
+                dst.sendall(data)
+                if upstream:
+                    self.forwarded += len(data)
+        except OSError:
+            return
+
+    def cut(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            _reset(s)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def _reset(s: socket.socket) -> None:
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        # close() alone would wait for a pump blocked in recv() on it; shutdown wakes it.
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
+
+
+@pytest.fixture
+def cutting_proxy():
+    made: list[CuttingProxy] = []
+
+    def make(target_port: int) -> CuttingProxy:
+        made.append(CuttingProxy(target_port))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
 class RawClient:
     """A client written against docs/protocol.md only: real TLS, hand-made frames."""
 
@@ -217,12 +329,39 @@ class RawClient:
         raw = socket.create_connection((host, port), timeout=10)
         self.sock = context.wrap_socket(raw, server_hostname=host)
         self.decoder = frames.FrameDecoder()
+        self._stash: deque = deque()  # frames read while waiting for an accept
 
     def send_bytes(self, data: bytes) -> None:
         self.sock.sendall(data)
 
     def send(self, message: frames.Message) -> None:
         self.sock.sendall(frames.encode(message))
+
+    def offer(self, transfer_id: int, name: str, data: bytes, sha256: str | None = None) -> int | None:
+        """Offer a file and wait for the server's accept: the offset to send from, None if nobody takes it."""
+        self.send(frames.Offer(id=transfer_id, name=name, size=len(data),
+                               sha256=sha256 or hashlib.sha256(data).hexdigest()))
+        deadline = time.monotonic() + 20
+        while True:
+            frame = self._read_frame(max(0.1, deadline - time.monotonic()))
+            assert frame is not None, "connection closed while waiting for accept"
+            if isinstance(frame, frames.Accept) and frame.id == transfer_id:
+                return frame.offset
+            if isinstance(frame, frames.Cancel) and frame.id == transfer_id:
+                self._stash.append(frame)
+                return None
+            self._stash.append(frame)
+
+    def send_file(self, transfer_id: int, name: str, data: bytes, sha256: str | None = None,
+                  end_sha256: str | None = None) -> None:
+        """offer, wait for accept, chunks from the accepted offset, end: as docs/protocol.md says."""
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
+        offset = self.offer(transfer_id, name, data, sha256)
+        if offset is None:
+            return
+        for start in range(offset, len(data), frames.MAX_CHUNK_DATA):
+            self.send_bytes(frames.encode_chunk(transfer_id, data[start : start + frames.MAX_CHUNK_DATA]))
+        self.send(frames.End(id=transfer_id, sha256=end_sha256 or sha256))
 
     def hello(self) -> frames.Welcome:
         self.send(frames.Hello(version=frames.PROTOCOL_VERSION, software="raw-test"))
@@ -233,6 +372,11 @@ class RawClient:
 
     def next_frame(self, timeout: float = 10.0):
         """The next frame, or None at EOF."""
+        if self._stash:
+            return self._stash.popleft()
+        return self._read_frame(timeout)
+
+    def _read_frame(self, timeout: float):
         deadline = time.monotonic() + timeout
         while True:
             frame = self.decoder.next_frame()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import securechat_command, sparse_file, wait_for_temp_file
+from conftest import files_in, partial_files, securechat_command, sparse_file, wait_for_temp_file
 
 
 def run(args, cwd, timeout=60, **kw) -> subprocess.CompletedProcess:
@@ -134,7 +134,7 @@ def test_server_exit_command(room):
     assert alice.wait_exit() == 0
 
 
-def test_client_killed_mid_transfer_leaves_no_partial_file(room, tmp_path):
+def test_sender_killed_mid_transfer_leaves_only_a_hidden_partial(room, tmp_path):
     alice = room.join("alice")
     big = sparse_file(tmp_path / "big.bin", 1024 * 1024 * 1024)
     alice.send(f"/send {big}")
@@ -145,13 +145,14 @@ def test_client_killed_mid_transfer_leaves_no_partial_file(room, tmp_path):
     room.server.wait_event("file_rejected", name="big.bin")
     room.server.wait_event("left", name="alice")
     assert not (downloads / "big.bin").exists()
-    assert [n for n in os.listdir(downloads) if n.startswith(".securechat-")] == []
+    assert [f for f in files_in(downloads) if not f.startswith(".securechat-partial/")] == []  # no SHA256SUMS line
+    assert len(partial_files(downloads)) == 1  # kept, hidden, for a resume
     bob = room.join("bob")  # the server is fine
     bob.send("after the crash")
     room.server.wait_event("message", text="after the crash")
 
 
-def test_receiver_killed_mid_transfer_sender_is_told(room, tmp_path):
+def test_receiver_killed_mid_transfer_sender_is_told_it_waits_to_resume(room, tmp_path):
     alice = room.join("alice")
     bob = room.join("bob")
     big = sparse_file(tmp_path / "big.bin", 1024 * 1024 * 1024)
@@ -160,8 +161,8 @@ def test_receiver_killed_mid_transfer_sender_is_told(room, tmp_path):
     wait_for_temp_file(bob_dl)
     bob.popen.kill()
     bob.popen.wait(10)
-    failed = alice.wait_event("file_failed", to="bob")
-    assert "bob left" in failed["reason"]
+    interrupted = alice.wait_event("file_interrupted", to="bob")
+    assert "bob left" in interrupted["reason"]
     alice.send("still connected")
     room.server.wait_event("message", text="still connected")
     assert not (bob_dl / "big.bin").exists()

@@ -2,61 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import threading
 import time
 
-from conftest import free_port, sparse_file, wait_for_temp_file
+from conftest import file_sha256, files_in, free_port, partial_files, sparse_file, wait_for_temp_file
+from securechat.partials import PARTIAL_DIR
 
 
-class CuttingProxy:
-    """Forwards 127.0.0.1:port to the server until `cut()`, then drops both sides (RST)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.target_port = target_port
-        self.forwarded = 0  # client -> server bytes
-        self._sockets: list[socket.socket] = []
-        self._cut = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        client, _ = self.listener.accept()
-        server = socket.create_connection(("127.0.0.1", self.target_port))
-        self._sockets = [client, server]
-        threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-        threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
-        try:
-            while not self._cut.is_set():
-                data = src.recv(65536)
-                if not data:
-                    return
-                dst.sendall(data)
-                if upstream:
-                    self.forwarded += len(data)
-        except OSError:
-            return
-
-    def cut(self) -> None:
-        self._cut.set()
-        for s in self._sockets:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            # close() alone would wait for the pump blocked in recv() on it; shutdown wakes it.
-            s.shutdown(socket.SHUT_RDWR)
-            s.close()
-        self.listener.close()
-
-
-def test_connection_cut_mid_transfer(room, procs, pki, tmp_path):
+def test_connection_cut_mid_transfer_without_reconnect(room, procs, pki, tmp_path, cutting_proxy):
     bob = room.join("bob")
-    proxy = CuttingProxy(room.port)
+    proxy = cutting_proxy(room.port)
     alice = procs(["join", "127.0.0.1", "--port", str(proxy.port), "--certs", str(pki), "--name", "alice",
-                   "--downloads", str(tmp_path / "alice-downloads"), "--json"], tmp_path)
+                   "--downloads", str(tmp_path / "alice-downloads"), "--json", "--no-reconnect"], tmp_path)
     alice.wait_event("connected")
     big = sparse_file(tmp_path / "big.bin", 1024 * 1024 * 1024)
     alice.send(f"/send {big}")
@@ -74,12 +31,12 @@ def test_connection_cut_mid_transfer(room, procs, pki, tmp_path):
         member.wait_event("file_rejected", name="big.bin")
     room.server.wait_event("left", name="alice")
     for folder in (tmp_path / "bob-downloads", tmp_path / "server-downloads"):
-        assert [n for n in os.listdir(folder) if n != "SHA256SUMS"] == []
+        assert [f for f in files_in(folder) if not f.startswith(f"{PARTIAL_DIR}/")] == []
     bob.send("the room goes on")
     room.server.wait_event("message", text="the room goes on")
 
 
-def test_server_killed_and_restarted(pki, procs, tmp_path):
+def test_server_killed_and_restarted_client_reconnects_and_resumes(pki, procs, tmp_path):
     port = free_port()
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--certs", str(pki),
             "--downloads", str(tmp_path / "server-downloads"), "--json"]
@@ -91,20 +48,24 @@ def test_server_killed_and_restarted(pki, procs, tmp_path):
     big = sparse_file(tmp_path / "big.bin", 1024 * 1024 * 1024)
     server.send(f"/send {big}")  # the server is sending to alice when it dies
     alice_dl = tmp_path / "alice-downloads"
-    wait_for_temp_file(alice_dl)
+    wait_for_temp_file(alice_dl, at_least=100 * 1024 * 1024)
     server.popen.send_signal(signal.SIGKILL)
     server.popen.wait(10)
-    assert alice.wait_exit() == 1
-    stderr = "".join(alice.stderr_lines)
-    assert "lost" in stderr and "Traceback" not in stderr
     rejected = alice.wait_event("file_rejected", name="big.bin")
-    assert "connection closed" in rejected["reason"]
-    assert os.listdir(alice_dl) == []  # the temp file is gone, nothing under a final name
+    assert "connection closed" in rejected["reason"] and "kept to resume" in rejected["reason"]
+    alice.wait_event("reconnecting")
+    assert [f for f in files_in(alice_dl) if not f.startswith(f"{PARTIAL_DIR}/")] == []  # nothing published
+    alice.send("typed while the server is down")
 
     restarted = procs(args, tmp_path)
     restarted.wait_event("listening")
-    again = procs(["join", "127.0.0.1", "--port", str(port), "--certs", str(pki), "--name", "alice",
-                   "--downloads", str(alice_dl), "--json"], tmp_path)
-    again.wait_event("connected")
-    again.send("back again")
-    restarted.wait_event("message", text="back again")
+    assert alice.wait_event("connected", timeout=40)["members"] == ["server"]  # by itself, same process
+    restarted.wait_event("message", text="typed while the server is down")  # kept, then sent
+    mark = alice.mark()
+    restarted.send(f"/send {big}")  # the new server process knows nothing: sending again resumes
+    incoming = alice.wait_event("file_incoming", name="big.bin", after=mark)
+    assert incoming["offset"] >= 96 * 1024 * 1024
+    received = alice.wait_event("file_received", name="big.bin", timeout=60, after=mark)
+    assert received["sha256"] == file_sha256(big)
+    restarted.wait_event("file_delivered", to="alice", timeout=60)
+    assert partial_files(alice_dl) == []

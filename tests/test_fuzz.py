@@ -20,14 +20,16 @@ from securechat import frames
 ids = st.integers(0, 3)
 small_text = st.text(max_size=30)
 frame_bytes = st.one_of(
-    st.builds(lambda i, n, s: frames.encode(frames.Offer(id=i, name=n, size=s)), ids, small_text, st.integers(0, 64)),
+    st.builds(lambda i, n, d: frames.encode(frames.Offer(id=i, name=n, size=len(d), sha256=hashlib.sha256(d).hexdigest())),
+              ids, small_text, st.binary(max_size=64)),
+    st.builds(lambda i, o: frames.encode(frames.Accept(id=i, offset=o)), ids, st.integers(0, 100)),
     st.builds(lambda i, d: frames.encode_chunk(i, d), ids, st.binary(min_size=1, max_size=64)),
     st.builds(lambda i, d: frames.encode(frames.End(id=i, sha256=hashlib.sha256(d).hexdigest())), ids, st.binary(max_size=64)),
     st.builds(lambda i: frames.encode(frames.Abort(id=i, reason="fuzz")), ids),
     st.builds(lambda i, ok: frames.encode(frames.Result(id=i, ok=ok)), st.integers(0, 10), st.booleans()),
     st.builds(lambda t, to: frames.encode(frames.Chat(text=t, to=to)), small_text, st.sampled_from([None, "bob", "nobody"])),
     st.just(frames.encode(frames.Who())),
-    st.just(frames.encode(frames.Hello(version=1))),
+    st.just(frames.encode(frames.Hello(version=frames.PROTOCOL_VERSION))),
     st.just(frames.encode(frames.Welcome(you="x", server="y", members=[]))),
     st.builds(lambda b: frames.HEADER.pack(frames.KIND_CONTROL, len(b)) + b, st.binary(max_size=40)),
     st.binary(min_size=1, max_size=40),
@@ -40,7 +42,7 @@ def run_one(room, raw_client, greet, payload):
     raw = raw_client(room.port)
     try:
         if greet:
-            raw.send(frames.Hello(version=1))
+            raw.send(frames.Hello(version=frames.PROTOCOL_VERSION))
         raw.send_bytes(b"".join(payload) + frames.encode(frames.Who()))
         while True:
             frame = raw.next_frame(timeout=15)  # a protocol error here would be the server's bug

@@ -17,13 +17,9 @@ import pytest
 
 from securechat import frames
 from securechat.filenames import safe_filename
+from securechat.partials import PARTIAL_DIR
 
-
-def offer_file(raw, transfer_id: int, name: str, data: bytes, sha: str | None = None) -> None:
-    raw.send(frames.Offer(id=transfer_id, name=name, size=len(data)))
-    for start in range(0, len(data), frames.MAX_CHUNK_DATA):
-        raw.send_bytes(frames.encode_chunk(transfer_id, data[start : start + frames.MAX_CHUNK_DATA]))
-    raw.send(frames.End(id=transfer_id, sha256=sha or hashlib.sha256(data).hexdigest()))
+from conftest import files_in
 
 
 def results(raw, count: int, timeout: float = 20) -> dict[int, frames.Result]:
@@ -54,7 +50,7 @@ def test_hostile_file_names_land_as_safe_basenames_inside_downloads(room, raw_cl
     raw = raw_client(room.port)
     raw.hello()
     for i, name in enumerate(HOSTILE_NAMES, start=1):
-        offer_file(raw, i, name, f"content {i}".encode())
+        raw.send_file(i, name, f"content {i}".encode())
     verdicts = results(raw, len(HOSTILE_NAMES))
     assert all(v.ok for v in verdicts.values()), verdicts
     downloads = tmp_path / "server-downloads"
@@ -62,7 +58,7 @@ def test_hostile_file_names_land_as_safe_basenames_inside_downloads(room, raw_cl
     for name in HOSTILE_NAMES:
         expected = safe_filename(name)
         assert any(s == expected or s.startswith(expected.rsplit(".", 1)[0] + " (") for s in saved), (name, saved)
-    for entry in os.listdir(downloads):
+    for entry in set(os.listdir(downloads)) - {PARTIAL_DIR}:
         assert (downloads / entry).resolve().parent == downloads.resolve()
         assert not entry.startswith(".") and "/" not in entry and "\\" not in entry
         assert len(entry.encode()) <= 255
@@ -81,8 +77,8 @@ def test_planted_symlink_and_existing_file_are_never_touched(room, raw_client, t
     (downloads / "existing.txt").write_text("mine")
     raw = raw_client(room.port)
     raw.hello()
-    offer_file(raw, 1, "link.txt", b"attack")
-    offer_file(raw, 2, "existing.txt", b"attack")
+    raw.send_file(1, "link.txt", b"attack")
+    raw.send_file(2, "existing.txt", b"attack")
     assert all(v.ok for v in results(raw, 2).values())
     assert victim.read_text() == "precious" and os.path.islink(downloads / "link.txt")
     assert (downloads / "existing.txt").read_text() == "mine"
@@ -104,18 +100,19 @@ def test_symlinked_downloads_folder_is_refused(pki, procs, tmp_path):
     "size,send,reason",
     [
         (10, b"12345", "truncated"),
-        (4, b"data", "SHA-256 mismatch"),  # End below carries the hash of other bytes
+        (4, b"data", "SHA-256 mismatch"),  # the offer and end carry the hash of other bytes
     ],
 )
-def test_integrity_failures_delete_the_temp_file_and_tell_the_sender(room, raw_client, tmp_path, size, send, reason):
+def test_integrity_failures_delete_the_partial_and_tell_the_sender(room, raw_client, tmp_path, size, send, reason):
     raw = raw_client(room.port)
     raw.hello()
-    raw.send(frames.Offer(id=1, name="x.bin", size=size))
+    other = hashlib.sha256(b"other").hexdigest()
+    assert raw.offer(1, "x.bin", b"?" * size, sha256=other) == 0
     raw.send_bytes(frames.encode_chunk(1, send))
-    raw.send(frames.End(id=1, sha256=hashlib.sha256(b"other").hexdigest()))
+    raw.send(frames.End(id=1, sha256=other))
     verdict = results(raw, 1)[1]
     assert not verdict.ok and reason in verdict.reason and verdict.sender == "server"
-    assert os.listdir(tmp_path / "server-downloads") == []
+    assert files_in(tmp_path / "server-downloads") == []  # no partial kept: its data cannot be trusted
     raw.send(frames.Who())  # the connection survives a bad file
     assert isinstance(raw.next_frame(), frames.Who)
 
@@ -123,10 +120,10 @@ def test_integrity_failures_delete_the_temp_file_and_tell_the_sender(room, raw_c
 def test_huge_declared_size_is_refused_before_any_byte(room, raw_client, tmp_path):
     raw = raw_client(room.port)
     raw.hello()
-    raw.send(frames.Offer(id=1, name="terabyte.bin", size=2**40))
+    raw.send(frames.Offer(id=1, name="terabyte.bin", size=2**40, sha256="0" * 64))
     verdict = results(raw, 1)[1]
     assert not verdict.ok and "free space" in verdict.reason
-    assert os.listdir(tmp_path / "server-downloads") == []
+    assert files_in(tmp_path / "server-downloads") == []
     raw.send_bytes(frames.encode_chunk(1, b"ignored"))  # chunks after a refusal are dropped quietly
     raw.send(frames.Who())
     got = [raw.next_frame(), raw.next_frame()]
@@ -138,8 +135,8 @@ def test_max_file_size_option(make_room, raw_client, tmp_path):
     room = make_room("--max-file-size", "1KB")
     raw = raw_client(room.port)
     raw.hello()
-    offer_file(raw, 1, "big.bin", b"x" * 2000)
-    offer_file(raw, 2, "small.bin", b"x" * 999)
+    raw.send_file(1, "big.bin", b"x" * 2000)
+    raw.send_file(2, "small.bin", b"x" * 999)
     verdicts = results(raw, 2)
     assert not verdicts[1].ok and "exceeds the limit" in verdicts[1].reason
     assert verdicts[2].ok
@@ -149,16 +146,16 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, 1024 * 1024))
 
 
-def test_disk_full_mid_write_removes_the_temp_file(make_room, raw_client, tmp_path):
+def test_disk_full_mid_write_removes_the_partial(make_room, raw_client, tmp_path):
     # RLIMIT_FSIZE makes the server's writes fail with EFBIG past 1 MiB, like a full disk.
     room = make_room(preexec_fn=_limit_file_size)
     raw = raw_client(room.port)
     raw.hello()
-    offer_file(raw, 1, "big.bin", os.urandom(3 * 1024 * 1024))
+    raw.send_file(1, "big.bin", os.urandom(3 * 1024 * 1024))
     verdict = results(raw, 1)[1]
     assert not verdict.ok and "cannot write" in verdict.reason
-    assert os.listdir(tmp_path / "server-downloads") == []
-    offer_file(raw, 2, "small.bin", b"fits")
+    assert files_in(tmp_path / "server-downloads") == []
+    raw.send_file(2, "small.bin", b"fits")
     assert results(raw, 1)[2].ok
 
 
@@ -221,7 +218,7 @@ def test_a_flood_is_rate_limited_without_affecting_others(room, raw_client):
 
 def test_hello_claiming_another_identity_is_refused(room, raw_client):
     raw = raw_client(room.port, name="dave")
-    raw.send(frames.Hello(version=1, name="alice"))
+    raw.send(frames.Hello(version=frames.PROTOCOL_VERSION, name="alice"))
     got = raw.frames_until_closed()
     assert any(isinstance(f, frames.Bye) and "claims to be 'alice'" in f.reason for f in got)
     assert room.server.count("joined", name="alice") == 0
@@ -251,7 +248,7 @@ def test_too_many_open_uploads_drop_only_the_offender(room, raw_client):
     raw = raw_client(room.port)
     raw.hello()
     for i in range(17):  # offers left open, never ended
-        raw.send(frames.Offer(id=i, name=f"f{i}.bin", size=10))
+        raw.send(frames.Offer(id=i, name=f"f{i}.bin", size=10, sha256=f"{i:064x}"))
     got = raw.frames_until_closed()
     assert any(isinstance(f, frames.Bye) and "more than 16 files sent at once" in f.reason for f in got)
     bob.send("bob stays")  # his inbox saw 16 offers, all refused or discarded cleanly: no disconnect

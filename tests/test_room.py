@@ -9,6 +9,7 @@ import signal
 from conftest import sparse_file, wait_for_temp_file
 from securechat.frames import MAX_TEXT_BYTES
 from securechat.outbox import STALL_TIMEOUT
+from securechat.room import ACCEPT_TIMEOUT
 
 
 def make_file(path, size: int) -> str:
@@ -85,20 +86,33 @@ def test_frozen_member_does_not_delay_a_file_and_lines_between_others(room, tmp_
         carol.wait_event("message", text=f"line {i}")
 
 
-def test_frozen_recipient_of_a_broadcast_is_dropped_after_the_stall_limit(room, tmp_path):
+def test_recipient_frozen_before_the_offer_is_left_out_after_the_accept_limit(room, tmp_path):
     alice, bob, carol = room.join("alice"), room.join("bob"), room.join("carol")
     carol.popen.send_signal(signal.SIGSTOP)
     try:
         digest = make_file(tmp_path / "big.bin", 64 * 1024 * 1024)  # far more than the queues hold
         alice.send(f"/send {tmp_path / 'big.bin'}")
-        timeout = STALL_TIMEOUT + 30
-        left = room.server.wait_event("left", name="carol", timeout=timeout)
-        assert "too slow" in left["reason"]
-        assert "too slow" in alice.wait_event("file_failed", to="carol")["reason"]
+        timeout = ACCEPT_TIMEOUT + 30
+        assert "did not answer the offer" in alice.wait_event("file_failed", to="carol", timeout=timeout)["reason"]
         for member in (bob, room.server):
             assert member.wait_event("file_received", name="big.bin", timeout=timeout)["sha256"] == digest
         alice.wait_event("file_delivered", to="bob")
         alice.wait_event("file_delivered", to="server")
+    finally:
+        carol.popen.send_signal(signal.SIGCONT)
+
+
+def test_recipient_frozen_mid_transfer_is_dropped_after_the_stall_limit(room, tmp_path):
+    alice, bob, carol = room.join("alice"), room.join("bob"), room.join("carol")
+    digest = make_file(tmp_path / "big.bin", 256 * 1024 * 1024)
+    alice.send(f"/send {tmp_path / 'big.bin'}")
+    wait_for_temp_file(tmp_path / "carol-downloads")
+    carol.popen.send_signal(signal.SIGSTOP)
+    try:
+        left = room.server.wait_event("left", name="carol", timeout=STALL_TIMEOUT + 30)
+        assert "too slow" in left["reason"]
+        for member in (bob, room.server):
+            assert member.wait_event("file_received", name="big.bin", timeout=60)["sha256"] == digest
     finally:
         carol.popen.send_signal(signal.SIGCONT)
 
@@ -110,7 +124,7 @@ def test_member_crash_mid_fan_out_leaves_the_others_copies_intact(room, tmp_path
     wait_for_temp_file(tmp_path / "carol-downloads")
     carol.popen.kill()
     carol.popen.wait(10)
-    assert "carol left" in alice.wait_event("file_failed", to="carol")["reason"]
+    assert "carol left" in alice.wait_event("file_interrupted", to="carol")["reason"]
     for member in (bob, room.server):
         got = member.wait_event("file_received", name="archive.tar", timeout=120)
         assert got["size"] == 512 * 1024 * 1024

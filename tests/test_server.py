@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from conftest import sparse_file, wait_for_temp_file
+from conftest import files_in, sparse_file, wait_for_temp_file
 from securechat import frames
+from securechat.partials import PARTIAL_DIR
 
 
 def bye_reason(got: list) -> str:
@@ -63,21 +64,21 @@ def test_bad_frames_after_hello_close_only_that_connection(room, raw_client, pay
 def test_duplicate_offer_id_closes_and_cleans_up(room, raw_client, tmp_path):
     raw = raw_client(room.port)
     raw.hello()
-    raw.send(frames.Offer(id=1, name="a.bin", size=10))
+    assert raw.offer(1, "a.bin", b"1234567890") == 0
     raw.send_bytes(frames.encode_chunk(1, b"12345"))
-    raw.send(frames.Offer(id=1, name="b.bin", size=10))
+    raw.send(frames.Offer(id=1, name="b.bin", size=10, sha256="0" * 64))
     assert "offered twice" in bye_reason(raw.frames_until_closed())
     room.server.wait_event("file_rejected", name="a.bin")
-    assert [n for n in os.listdir(tmp_path / "server-downloads") if not n == "SHA256SUMS"] == []
+    # Nothing under a final name; what arrived is kept, hidden, for a resume.
+    left = files_in(tmp_path / "server-downloads")
+    assert left and all(f.startswith(f"{PARTIAL_DIR}/") for f in left), left
 
 
 def test_sender_lying_about_the_hash_is_caught_and_told(room, raw_client, tmp_path):
     bob = room.join("bob")
     raw = raw_client(room.port)
     raw.hello()
-    raw.send(frames.Offer(id=3, name="lie.jpg", size=4))
-    raw.send_bytes(frames.encode_chunk(3, b"data"))
-    raw.send(frames.End(id=3, sha256=hashlib.sha256(b"DATA").hexdigest()))
+    raw.send_file(3, "lie.jpg", b"data", sha256=hashlib.sha256(b"DATA").hexdigest())
     results = {}
     deadline = time.monotonic() + 20
     while len(results) < 2 and time.monotonic() < deadline:
@@ -97,7 +98,7 @@ def test_more_bytes_than_declared_is_refused_through_the_relay(room, raw_client,
     bob = room.join("bob")
     raw = raw_client(room.port)
     raw.hello()
-    raw.send(frames.Offer(id=4, name="over.bin", size=3))
+    assert raw.offer(4, "over.bin", b"too") == 0
     raw.send_bytes(frames.encode_chunk(4, b"toolong"))
     raw.send(frames.End(id=4, sha256=hashlib.sha256(b"toolong").hexdigest()))
     bob.wait_event("file_rejected", name="over.bin")

@@ -101,9 +101,7 @@ def test_hostile_file_name_is_shown_escaped(room, pki, tmp_path, raw_client):
         raw = raw_client(port)
         raw.hello()
         name = "\x1b[2Jinvoice\u202efdp.exe"
-        raw.send(frames.Offer(id=1, name=name, size=3))
-        raw.send_bytes(frames.encode_chunk(1, b"abc"))
-        raw.send(frames.End(id=1, sha256=hashlib.sha256(b"abc").hexdigest()))
+        raw.send_file(1, name, b"abc")
         screen = term.wait_for("verified, saved")
         assert "listening on 127.0.0.1" in screen  # the screen was not cleared
         assert "[2Jinvoicefdp.exe" in screen  # saved under the sanitised name, shown as such

@@ -1,27 +1,39 @@
-"""The receive path: temp file, hash while writing, verify, no-clobber publish."""
+"""The receive path: partial file, hash while writing, verify, no-clobber publish."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
 
 import pytest
 
 from securechat import frames
 from securechat.checksums import read_sums
 from securechat.errors import TransferError, UsageError
-from securechat.transfer import TEMP_PREFIX, Downloads, FileSource, IncomingFile
+from securechat.transfer import Downloads, FileSource, IncomingFile
+
+from conftest import files_in
+
+
+def incoming_file(downloads: Downloads, name: str, size: int, sha: str, sender: str = "alice"):
+    """An IncomingFile, once it has said where to continue: (it, offset, note)."""
+    ready: queue.Queue = queue.Queue()
+    incoming = IncomingFile(downloads, name, size, sha, sender, lambda offset, note: ready.put((offset, note)))
+    offset, note = ready.get(timeout=10)
+    return incoming, offset, note
 
 
 def receive(downloads: Downloads, name: str, data: bytes, sha: str | None = None):
-    incoming = IncomingFile(downloads, name, len(data))
-    for i in range(0, len(data), 1000):
+    sha = sha or hashlib.sha256(data).hexdigest()
+    incoming, offset, _ = incoming_file(downloads, name, len(data), sha)
+    for i in range(offset, len(data), 1000):
         incoming.write(data[i : i + 1000])
-    return incoming.finish(sha or hashlib.sha256(data).hexdigest())
+    return incoming.finish(sha)
 
 
 def leftovers(folder) -> list[str]:
-    return [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)]
+    return [f for f in files_in(folder) if f != "SHA256SUMS" and "/" in f]
 
 
 @pytest.fixture
@@ -44,23 +56,23 @@ def test_publish_verified_file(downloads):
 def test_sha256_mismatch_leaves_nothing(downloads):
     with pytest.raises(TransferError, match="SHA-256 mismatch"):
         receive(downloads, "photo.jpg", b"abc", sha="0" * 64)
-    assert os.listdir(downloads.path) == []
+    assert files_in(downloads.path) == []
 
 
 def test_truncated_file_is_refused(downloads):
-    incoming = IncomingFile(downloads, "t.bin", 10)
+    incoming, _, _ = incoming_file(downloads, "t.bin", 10, hashlib.sha256(b"12345").hexdigest())
     incoming.write(b"12345")
     with pytest.raises(TransferError, match="truncated"):
         incoming.finish(hashlib.sha256(b"12345").hexdigest())
-    assert os.listdir(downloads.path) == []
+    assert files_in(downloads.path) == []
 
 
 def test_more_bytes_than_declared_is_refused(downloads):
-    incoming = IncomingFile(downloads, "t.bin", 3)
+    incoming, _, _ = incoming_file(downloads, "t.bin", 3, "0" * 64)
     with pytest.raises(TransferError, match="more than"):
         incoming.write(b"1234")
     incoming.discard()
-    assert os.listdir(downloads.path) == []
+    assert files_in(downloads.path) == []
 
 
 def test_never_overwrites(downloads):
@@ -98,10 +110,10 @@ def test_hostile_name_stays_inside(downloads, tmp_path):
 def test_size_limits_checked_before_writing(tmp_path):
     limited = Downloads(tmp_path / "dl", max_file_size=100)
     with pytest.raises(TransferError, match="exceeds the limit"):
-        IncomingFile(limited, "big", 101)
+        IncomingFile(limited, "big", 101, "0" * 64, "alice", lambda *_: None)
     with pytest.raises(TransferError, match="free space"):
-        IncomingFile(Downloads(tmp_path / "dl2"), "huge", 2**50)
-    assert os.listdir(tmp_path / "dl") == []
+        IncomingFile(Downloads(tmp_path / "dl2"), "huge", 2**50, "0" * 64, "alice", lambda *_: None)
+    assert files_in(tmp_path / "dl") == []
 
 
 def test_file_source_frames_and_hash(tmp_path):
@@ -120,13 +132,23 @@ def test_file_source_frames_and_hash(tmp_path):
     source.close()
 
 
-def test_file_source_detects_growth(tmp_path):
+def test_file_source_from_an_offset(tmp_path):
+    data = os.urandom(frames.MAX_CHUNK_DATA + 500)
+    (tmp_path / "f.bin").write_bytes(data)
+    source = FileSource(tmp_path / "f.bin")
+    sent = b"".join(bytes(f[frames.CHUNK_HEADER_SIZE:]) for f in source.chunk_frames(1, offset=700))
+    assert sent == data[700:]
+    source.close()
+
+
+def test_file_source_detects_a_change_after_hashing(tmp_path):
     path = tmp_path / "grow.bin"
     path.write_bytes(b"a" * 10)
     source = FileSource(path)
+    assert source.sha256 == hashlib.sha256(b"a" * 10).hexdigest()
     with open(path, "ab") as f:
         f.write(b"more")
-    with pytest.raises(TransferError, match="grew"):
+    with pytest.raises(TransferError, match="changed while it was being sent"):
         list(source.chunk_frames(1))
     source.close()
 
