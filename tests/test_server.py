@@ -4,7 +4,6 @@ that one connection with a reason, everyone else keeps chatting."""
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 
 import pytest

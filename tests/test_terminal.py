@@ -88,10 +88,6 @@ def test_escape_sequences_are_shown_not_obeyed(room, pki, tmp_path):
 
 
 def test_hostile_file_name_is_shown_escaped(room, pki, tmp_path, raw_client):
-    import hashlib
-
-    from securechat import frames
-
     command = securechat_command() + ["serve", "--host", "127.0.0.1", "--port", "0", "--certs", str(pki),
                                       "--downloads", str(tmp_path / "tmux-server-dl")]
     term = Tmux(command, tmp_path)
