@@ -192,13 +192,14 @@ def file_fanout(clients, server_pid: int, size: int, folder: Path, timeout: floa
     deadline = started + timeout
     with sender_console.changed:
         while time.monotonic() < deadline:
-            answered = [f for _, e, f in sender_console.events if e in ("file_delivered", "file_failed")]
+            answered = [f for _, e, f in sender_console.events
+                        if e in ("file_delivered", "file_failed", "file_interrupted")]
             if len(answered) >= len(expected_names):
                 break
             sender_console.changed.wait(0.5)
     elapsed = time.monotonic() - started
     delivered = [f for _, e, f in sender_console.events if e == "file_delivered"]
-    failed = [f for _, e, f in sender_console.events if e == "file_failed"]
+    failed = [f for _, e, f in sender_console.events if e in ("file_failed", "file_interrupted")]
     all_verified = (
         {f["to"] for f in delivered} == expected_names
         and all(f["sha256"] == digest.hexdigest() for f in delivered)
@@ -264,7 +265,8 @@ def main() -> int:
         return 1
     fanout = results.get("fanout")
     if fanout and not fanout["all_verified"]:
-        print("FAN-OUT: not every recipient verified the file", file=sys.stderr)
+        print(f"FAN-OUT: not every recipient verified the file: delivered {fanout['delivered']}, "
+              f"failed {fanout['failed']}", file=sys.stderr)
         return 1
     return 0
 

@@ -11,9 +11,9 @@ stopped, connection gone) keeps its partial, so offering it again resumes.
 from __future__ import annotations
 
 import threading
-from typing import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .console import Console
 from .errors import RemoteProtocolError, TransferError
