@@ -196,7 +196,10 @@ class Operator(Participant):
     def offer(self, relay: Relay) -> None:
         def ready(offset: int, note: str) -> None:
             announce_incoming(self.console, relay.sender.name, relay.name, relay.size, offset, note)
-            self.room.accepted(relay.id, self, offset)
+            # Not on this (the file's writer) thread: whoever holds the room lock may be
+            # waiting for the writer to stop (an abort), and accepted() needs that lock.
+            threading.Thread(target=self.room.accepted, args=(relay.id, self, offset), name="accept",
+                             daemon=True).start()
 
         try:
             verdict = self.inbox.offer(relay.id, relay.sender.name, relay.name, relay.size, relay.sha256, ready)
