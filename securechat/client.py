@@ -214,22 +214,27 @@ class Client:
                 return False
         return True
 
+    def _put(self, encoded: bytes) -> bool:
+        """Queue on the current connection; False while there is none (or it just failed). Hold _lock."""
+        return self.online.is_set() and self.conn is not None and self.conn.outbox.put_control(encoded)
+
     def _send_now(self, encoded: bytes) -> bool:
-        """Queue on the current connection; False while there is none (or it just failed)."""
         with self._lock:
-            return self.online.is_set() and self.conn is not None and self.conn.outbox.put_control(encoded)
+            return self._put(encoded)
 
     def _say(self, message: frames.Chat) -> None:
         encoded = frames.encode(message)
         with self._lock:
-            if self.online.is_set() and self.conn is not None and self.conn.outbox.put_control(encoded):
+            if self._put(encoded):
                 return
-            if len(self._backlog) >= MAX_BACKLOG:
-                self.console.error(f"not connected and {MAX_BACKLOG} lines are waiting already: this line was NOT sent")
-                return
-            self._backlog.append(encoded)
+            kept = len(self._backlog) < MAX_BACKLOG
+            if kept:
+                self._backlog.append(encoded)
             waiting = len(self._backlog)
-        self.console.event("queued", waiting=waiting)
+        if kept:
+            self.console.event("queued", waiting=waiting)
+        else:
+            self.console.error(f"not connected and {MAX_BACKLOG} lines are waiting already: this line was NOT sent")
 
     def _resend(self, retries: list[Retry]) -> None:
         for retry in retries:

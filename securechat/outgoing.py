@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import frames
 from .console import Console
-from .errors import TransferError, UsageError
+from .errors import RemoteProtocolError, TransferError, UsageError
 from .transfer import FileSource
 
 RESUME_WAIT = 600.0  # seconds an interrupted transfer waits for its recipient to come back
@@ -139,8 +139,10 @@ class Outgoing:
         """Every recipient answered the offer: data goes from `offset` on."""
         with self._cond:
             sending = self._transfers.get(transfer_id)
-            if sending is None or sending.offset is not None or offset > sending.size:
+            if sending is None or sending.offset is not None:
                 return
+            if offset > sending.size:
+                raise RemoteProtocolError(f"accept for {sending.name} is past its end ({offset} > {sending.size})")
             sending.offset = offset
             if offset:
                 self._console.event("file_resuming", name=sending.name, offset=offset, size=sending.size)

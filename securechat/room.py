@@ -40,7 +40,13 @@ ACCEPT_TIMEOUT = 10.0
 
 
 class Participant:
-    """What the room needs from a member. Subclasses: server.Session, server.Operator."""
+    """What the room needs from a member. Subclasses: server.Session, server.Operator.
+
+    The room calls these with its lock held. They may queue, print or wait for a
+    thread of their own to finish, but nothing they wait for may need the room lock:
+    callbacks into the room from such threads go through a thread of their own
+    (see Operator.offer), or the room deadlocks.
+    """
 
     name: str
 

@@ -34,17 +34,24 @@ def kill_when_received(proc, folder: Path, at_least: int) -> tuple[int, Path]:
     return part.stat().st_size, part
 
 
+def bob_killed_halfway(room, path: Path, size: int):
+    """alice sends a new random file at `path` to bob, who is SIGKILLed at half of it:
+    (alice, the killed bob, its SHA-256, bytes bob had written, bob's partial)."""
+    alice, bob = room.join("alice"), room.join("bob")
+    digest = random_file(path, size)
+    alice.send(f"/send @bob {path}")
+    written, part = kill_when_received(bob, path.parent / "bob-downloads", size // 2)
+    return alice, bob, digest, written, part
+
+
 def notices(proc) -> list[str]:
     return [e["text"] for e in proc.events if e.get("event") == "notice"]
 
 
 def test_receiver_killed_at_half_resumes_and_resends_at_most_one_block(room, tmp_path):
     size = 256 * MiB
-    alice, bob = room.join("alice"), room.join("bob")
-    digest = random_file(tmp_path / "archive.bin", size)
-    alice.send(f"/send @bob {tmp_path / 'archive.bin'}")
+    alice, bob, digest, written, _ = bob_killed_halfway(room, tmp_path / "archive.bin", size)
     bob_dl = tmp_path / "bob-downloads"
-    written, _ = kill_when_received(bob, bob_dl, size // 2)
     assert "bob left" in alice.wait_event("file_interrupted", to="bob")["reason"]
     assert not (bob_dl / "archive.bin").exists()
 
@@ -87,11 +94,8 @@ def test_sender_connection_cut_reconnects_by_itself_and_resumes(room, procs, pki
 
 def test_corrupted_partial_restarts_from_zero_and_still_verifies(room, tmp_path):
     size = 64 * MiB
-    alice, bob = room.join("alice"), room.join("bob")
-    digest = random_file(tmp_path / "data.bin", size)
-    alice.send(f"/send @bob {tmp_path / 'data.bin'}")
+    alice, bob, digest, _, part = bob_killed_halfway(room, tmp_path / "data.bin", size)
     bob_dl = tmp_path / "bob-downloads"
-    _, part = kill_when_received(bob, bob_dl, size // 2)
     with open(part, "r+b") as f:  # one flipped bit, early in the kept prefix
         f.seek(1000)
         byte = f.read(1)[0]
@@ -107,12 +111,9 @@ def test_corrupted_partial_restarts_from_zero_and_still_verifies(room, tmp_path)
 
 def test_sender_file_changed_meanwhile_is_detected_and_sent_afresh(room, tmp_path):
     size = 64 * MiB
-    alice, bob = room.join("alice"), room.join("bob")
     path = tmp_path / "report.bin"
-    random_file(path, size)
-    alice.send(f"/send @bob {path}")
+    alice, bob, _, _, _ = bob_killed_halfway(room, path, size)
     bob_dl = tmp_path / "bob-downloads"
-    kill_when_received(bob, bob_dl, size // 2)
     alice.wait_event("file_interrupted", to="bob")
     new_digest = random_file(path, size)  # edited while bob was away
 
