@@ -211,8 +211,10 @@ class Room:
             return
         if all(name in relay.offsets for name in relay.pending):
             relay.start = relay.received = min(relay.offsets[name] for name in relay.pending)
-            relay.sender.start_sending(relay)
+            # Ready before the sender hears of it: its first chunk may arrive (on another
+            # thread) as soon as the accept is out, and is a protocol error if not ready.
             relay.ready.set()
+            relay.sender.start_sending(relay)
 
     def _offer_expired(self, relay: Relay) -> None:
         with self._lock:
