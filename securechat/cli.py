@@ -366,7 +366,7 @@ def send(
         parse(("/msg " + to + " " if to else "//") + message)  # the same length check as typed lines
     console = Console(json_output)
     client = Client(host, port, _client_files(certs, name, cert, key, ca), Downloads(downloads), console,
-                    reconnect=not no_reconnect, give_up_after=RESUME_WAIT)
+                    reconnect=not no_reconnect, give_up_after=RESUME_WAIT, receive_files=False)
     client.connect()
     if command is not None:
         client.handle(command)

@@ -18,6 +18,7 @@ only fight it.
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 import time
 from collections import deque
@@ -47,13 +48,17 @@ def _is_final(failure: ConnectionFailed) -> bool:
 
 class Client:
     def __init__(self, host: str, port: int, files: ClientFiles, downloads: Downloads, console: Console,
-                 reconnect: bool = True, give_up_after: float | None = None) -> None:
+                 reconnect: bool = True, give_up_after: float | None = None, receive_files: bool = True) -> None:
         self.host, self.port = host, port
         self.context = client_context(files)
         self.console = console
         self.inbox = Inbox(downloads)
         self.outgoing = Outgoing(console)
         self.reconnect = reconnect
+        # Named again in every hello: a reconnect replaces only this session's old connection,
+        # never another of ours (a chat and a one-shot send share a certificate).
+        self.session_id = secrets.token_urlsafe(16)
+        self.receive_files = receive_files
         self.give_up_after = give_up_after  # seconds of failed reconnecting before giving up; None: never
         self.conn: Connection | None = None
         self.name = ""
@@ -76,7 +81,8 @@ class Client:
         conn = Connection(sock, server_name, self._on_frame, self._on_close)
         self.conn = conn
         conn.start()
-        conn.send(frames.Hello(version=frames.PROTOCOL_VERSION, software=SOFTWARE))
+        conn.send(frames.Hello(version=frames.PROTOCOL_VERSION, software=SOFTWARE, session=self.session_id,
+                               receive_files=self.receive_files))
         # TLS 1.3 finishes the client's handshake before the server has checked
         # our certificate; a refusal shows up here, as the connection closing.
         deadline = time.monotonic() + HELLO_TIMEOUT

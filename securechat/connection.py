@@ -159,6 +159,8 @@ class Connection:
         self._write_view: memoryview | None = None
         self._first_frame_deadline = None if first_frame_timeout is None else time.monotonic() + first_frame_timeout
         self._waiting_on: list[Outbox] = []
+        self._resume_reading_at = 0.0  # monotonic time before which nothing is read (rate limits)
+        self.internal_error: BaseException | None = None  # a bug met on this connection, for the log only
         self._close_request: tuple[str, bool] | None = None
         self._bye_reason: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"conn-{peer}", daemon=True)
@@ -204,9 +206,15 @@ class Connection:
         self._waiting_on.append(outbox)
         outbox.notify_when_drained(self._wake)
 
+    def pause_reading_until(self, when: float) -> None:
+        """Read nothing more (frames already decoded wait too) until monotonic time `when`."""
+        self._resume_reading_at = max(self._resume_reading_at, when)
+
     def _paused(self) -> bool:
         if self._waiting_on:
             self._waiting_on = [o for o in self._waiting_on if not o.has_room()]
+        if self._resume_reading_at and time.monotonic() < self._resume_reading_at:
+            return True
         return bool(self._waiting_on)
 
     def _run(self) -> None:
@@ -221,7 +229,9 @@ class Connection:
         except SecureChatError as exc:
             reason, clean = str(exc), False
         except Exception as exc:  # a bug must not kill the process silently
-            reason, clean = f"internal error: {exc!r}", False
+            # Its text may carry anything (a peer's bytes): it goes to the log, not to the room.
+            self.internal_error = exc
+            reason, clean = "internal error", False
         finally:
             self.outbox.fail(reason)
             self._release()
@@ -281,6 +291,8 @@ class Connection:
             if now >= self._first_frame_deadline:
                 raise RemoteProtocolError(f"no hello within {HELLO_TIMEOUT:.0f} s")
             deadlines.append(self._first_frame_deadline - now)
+        if self._resume_reading_at > now:
+            deadlines.append(self._resume_reading_at - now)
         for outbox in self._waiting_on:
             stalled_for = outbox.stalled_for()
             if stalled_for >= STALL_TIMEOUT:

@@ -57,7 +57,14 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 def _text(limit: int):
     def check(value: Any) -> bool:
-        return isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) <= limit
+        # JSON may spell a lone surrogate ("\udcff"); that is not text, cannot be
+        # re-encoded, and must fail here, for its sender alone (issue 11 item 3).
+        if not isinstance(value, str):
+            return False
+        try:
+            return len(value.encode("utf-8")) <= limit
+        except UnicodeEncodeError:
+            return False
 
     return check
 
@@ -99,6 +106,12 @@ def _f(check, default: Any = MISSING, wire: str | None = None):
 
 
 _identity = _text(MAX_IDENTITY_BYTES)
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+def _session_id(value: Any) -> bool:
+    return isinstance(value, str) and _SESSION_ID.fullmatch(value) is not None
+
 _reason = _text(MAX_REASON_BYTES)
 _tid = _uint(MAX_TRANSFER_ID)
 
@@ -116,6 +129,10 @@ class Hello:
     version: int = _f(_uint(2**16))
     software: str = _f(_text(256), "")
     name: str | None = _f(_optional(_identity), None)  # if sent, must match the certificate
+    # C->S: which of this identity's sessions this is; a reconnect names the same one and
+    # replaces only it. Without it, the connection is a session of its own.
+    session: str | None = _f(_optional(_session_id), None)
+    receive_files: bool = _f(_is_bool, True)  # False: a one-shot `send`, never offered files
 
 
 @dataclass(frozen=True)
@@ -195,6 +212,7 @@ class Recipients:
     TYPE: ClassVar[str] = "recipients"
     id: int = _f(_tid)
     names: list = _f(_names)
+    reason: str | None = _f(_optional(_reason), None)  # with names=[]: why nobody receives it
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The room: who is present, chat fan-out, and files relayed to every recipient.
 
-Everyone in the room is a Participant: a remote client (server.Session) or
+Everyone in the room is a Participant: a remote connection (server.Session) or
 the operator at the server's terminal (server.Operator). The room never
 touches sockets; it calls Participant methods, which queue frames.
 
@@ -15,15 +15,21 @@ slows the sender), so memory stays bounded by the queues, not by the file.
 The SHA-256 that each recipient checks is the one the original sender
 computed; the server never vouches for a file's content.
 
-Names: one identity, one participant. A second connection with the same
-certificate identity replaces the first (told why), which is what a client
-reconnecting after a silent network drop needs.
+Identities and connections: one identity (certificate name) may have several
+connections at once (a laptop and a phone, a chat and a `securechat send`).
+The room announces `joined` for an identity's first connection and `left` for
+its last. Chat reaches every connection of its addressee. A file goes to one
+connection per identity, its newest that receives files (a one-shot `send`
+never does), so each recipient name gives exactly one verdict. A connection
+that names the session of an older one (a reconnect) replaces only that one.
+The operator's identity is never taken: nobody else joins under its name.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,6 +55,12 @@ class Participant:
     """
 
     name: str
+    session: str | None = None  # the client's session id; a reconnect names it again
+    receives_files: bool = True  # False for a one-shot `send` connection
+
+    def greet(self, members: list[str]) -> None:
+        """Welcome this connection, with the names of everyone else present (under the room lock,
+        so nobody can join between the list and this member's arrival and be missed)."""
 
     def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
         raise NotImplementedError
@@ -85,52 +97,70 @@ class Relay:
     sha256: str
     targets: list[Participant]  # still being fed chunks
     pending: dict[str, Participant]  # still owing a verdict
+    private: bool = False  # sent to one recipient by name
     offsets: dict[str, int] = field(default_factory=dict)  # where each recipient wants the bytes from
     start: int | None = None  # where the sender starts, once every recipient answered the offer
     received: int = 0  # the sender's position in the file
     finished: bool = False  # the sender sent end or abort
+    ended: bool = False  # the sender sent end: only now may a recipient report the file verified
     ready: threading.Event = field(default_factory=threading.Event)  # start is known, or finished
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def same_identity(a: str, b: str) -> bool:
+    """Names a person could take for one another (case, width, compatibility forms)."""
+    return unicodedata.normalize("NFKC", a).casefold() == unicodedata.normalize("NFKC", b).casefold()
+
+
 class Room:
-    def __init__(self) -> None:
+    def __init__(self, operator_name: str) -> None:
+        self.operator_name = operator_name
         self._lock = threading.RLock()
-        self._members: dict[str, Participant] = {}
+        self._members: dict[str, list[Participant]] = {}  # identity -> its connections, oldest first
         self._relays: dict[int, Relay] = {}
         self._ids = itertools.count(1)
 
     # ---------------------------------------------------------------- members
 
     def names(self) -> list[str]:
+        """Everyone present, each identity once."""
         with self._lock:
             return sorted(self._members)
 
     def members(self) -> list[Participant]:
+        """Every connection in the room."""
         with self._lock:
-            return list(self._members.values())
+            return [c for connections in self._members.values() for c in connections]
 
-    def get(self, name: str) -> Participant | None:
+    def join(self, member: Participant) -> bool:
+        """Welcome `member` and add it, in one step; False (and kicked) if it may not join."""
         with self._lock:
-            return self._members.get(name)
-
-    def join(self, member: Participant) -> None:
-        with self._lock:
-            old = self._members.get(member.name)
-            if old is not None:
-                self._members.pop(member.name)
-                self._forget(old, "replaced by a new connection", interrupted=True)
-                self._broadcast(frames.Left(name=old.name, reason="replaced by a new connection"), skip=old)
-                old.kick("replaced by a new connection with the same certificate")
-            self._broadcast(frames.Joined(name=member.name), skip=member)
-            self._members[member.name] = member
+            connections = self._members.get(member.name, [])
+            is_operator = member.name == self.operator_name and not connections
+            if not is_operator and same_identity(member.name, self.operator_name):
+                member.kick(f"the name {member.name!r} is the server operator's")
+                return False
+            if member.session is not None:
+                for old in [c for c in connections if c.session == member.session]:
+                    connections.remove(old)
+                    self._forget(old, f"{old.name} reconnected", interrupted=True)
+                    old.kick("replaced by a reconnect of the same session")
+            member.greet(sorted(n for n in self._members if n != member.name))
+            if not connections:
+                self._broadcast(frames.Joined(name=member.name), skip=member)
+            connections.append(member)
+            self._members[member.name] = connections
+            return True
 
     def leave(self, member: Participant, reason: str, interrupted: bool = False) -> None:
         """`interrupted`: the connection dropped (rather than the member saying goodbye)."""
         with self._lock:
-            if self._members.get(member.name) is member:
-                del self._members[member.name]
-                self._broadcast(frames.Left(name=member.name, reason=reason), skip=member)
+            connections = self._members.get(member.name, [])
+            if member in connections:
+                connections.remove(member)
+                if not connections:
+                    del self._members[member.name]
+                    self._broadcast(frames.Left(name=member.name, reason=reason), skip=member)
             self._forget(member, f"{member.name} left ({reason})" if reason else f"{member.name} left", interrupted)
 
     def _forget(self, member: Participant, reason: str, interrupted: bool) -> None:
@@ -145,53 +175,78 @@ class Room:
 
     def _broadcast(self, message: frames.Message, skip: Participant | None = None) -> None:
         encoded = frames.encode(message)
-        for member in self._members.values():
-            if member is not skip:
-                member.deliver(message, encoded)
+        for connections in self._members.values():
+            for member in connections:
+                if member is not skip:
+                    member.deliver(message, encoded)
+
+    def _receiver(self, name: str) -> Participant | None:
+        """The connection of `name` that files go to: its newest one that receives files."""
+        for member in reversed(self._members.get(name, ())):
+            if member.receives_files:
+                return member
+        return None
 
     # ---------------------------------------------------------------- chat
 
     def chat(self, sender: Participant, text: str, to: str | None = None) -> str | None:
-        """Relay a line; returns why not, for a private line to nobody."""
+        """Relay a line to every other connection (or every connection of `to`); returns why not."""
         message = frames.Chat(text=text, to=to, sender=sender.name)
         with self._lock:
             if to is None:
                 self._broadcast(message, skip=sender)
                 return None
-            target = self._members.get(to)
-        if target is None or target is sender:
-            return f"nobody named {to!r} is here" if target is None else "that is you"
-        target.deliver(message)
+            if to == sender.name:
+                return "that is you"
+            targets = self._members.get(to)
+            if not targets:
+                return f"nobody named {to!r} is here"
+            encoded = frames.encode(message)
+            for target in targets:
+                target.deliver(message, encoded)
         return None
 
     # ---------------------------------------------------------------- files
 
     def start_relay(self, sender: Participant, sender_id: int, name: str, size: int, sha256: str,
-                    to: str | None) -> Relay:
-        """Offer the file to its recipients and tell the sender who they are."""
+                    to: str | None) -> Relay | None:
+        """Offer the file to its recipients and tell the sender who they are.
+
+        None when nobody receives it (the sender was told why, in `recipients`): that
+        transfer is over before it began, and the caller keeps nothing of it."""
         with self._lock:
+            why_nobody = None
             if to is None:
-                targets = [m for m in self._members.values() if m is not sender]
+                found = (self._receiver(n) for n in self._members if n != sender.name)
+                targets = [t for t in found if t is not None]
+            elif to == sender.name:
+                targets, why_nobody = [], "you cannot send a file to yourself"
+            elif to not in self._members:
+                targets, why_nobody = [], f"nobody named {to!r} is here"
             else:
-                target = self._members.get(to)
-                targets = [] if target is None or target is sender else [target]
+                target = self._receiver(to)
+                targets = [] if target is None else [target]
+                if target is None:
+                    why_nobody = f"{to} is connected only to send, not to receive files"
             relay_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
             while relay_id in self._relays or relay_id == 0:
                 relay_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
-            relay = Relay(relay_id, sender, sender_id, name, size, sha256, list(targets), {t.name: t for t in targets})
-            self._relays[relay_id] = relay
-            sender.deliver(frames.Recipients(id=sender_id, names=sorted(relay.pending)))
+            relay = Relay(relay_id, sender, sender_id, name, size, sha256, [], {t.name: t for t in targets},
+                          private=to is not None)
+            sender.deliver(frames.Recipients(id=sender_id, names=sorted(relay.pending), reason=why_nobody))
             if not targets:
-                relay.finished = True  # the sender stops; its chunks are dropped
-                relay.ready.set()
-            else:
-                timer = threading.Timer(ACCEPT_TIMEOUT, self._offer_expired, (relay,))
-                timer.daemon = True
-                timer.start()
+                return None
+            self._relays[relay_id] = relay
+            timer = threading.Timer(ACCEPT_TIMEOUT, self._offer_expired, (relay,))
+            timer.daemon = True
+            timer.start()
             for target in targets:
+                # A target joins the relay's data path only once its offer is out: whatever goes
+                # wrong later (an abort, the sender leaving) is told only to those offered it.
+                if relay.pending.get(target.name) is not target:
+                    continue  # settled already (an earlier target's refusal cannot do this, but be sure)
+                relay.targets.append(target)
                 target.offer(relay)
-        if to is not None and not targets:
-            sender.deliver(frames.Notice(text=f"nobody named {to!r} is here"))
         return relay
 
     def accepted(self, relay_id: int, recipient: Participant, offset: int) -> bool:
@@ -254,7 +309,7 @@ class Room:
         return None
 
     def end_relay(self, relay: Relay, sha256: str) -> None:
-        relay.finished = True
+        relay.finished = relay.ended = True  # before any end goes out: a verdict may come back at once
         for target in list(relay.targets):
             target.end(relay, sha256)
         relay.targets.clear()
@@ -275,16 +330,25 @@ class Room:
         for name in list(relay.pending):
             self._verdict(relay, name, False, reason, None)
 
-    def verdict(self, relay_id: int, recipient: Participant, ok: bool, reason: str, sha256: str | None) -> None:
-        """A recipient's verdict: relayed to the sender as a Result naming the recipient."""
+    def verdict(self, relay_id: int, recipient: Participant, ok: bool, reason: str,
+                sha256: str | None) -> str | None:
+        """A recipient's verdict: relayed to the sender as a Result naming the recipient.
+
+        Returns a protocol error of the recipient's, if the verdict is one: nobody can
+        have verified a file whose end the sender has not sent, or under another hash."""
         with self._lock:
             relay = self._relays.get(relay_id)
             if relay is None or relay.pending.get(recipient.name) is not recipient:
-                return  # late, repeated, or for a relay that is already settled
+                return None  # late, repeated, or for a relay that is already settled
+            if ok and not relay.ended:
+                return f"result ok for transfer {relay_id} before its end"
+            if ok and sha256 != relay.sha256:
+                return f"result ok for transfer {relay_id} names another SHA-256 than the offer's"
             with relay.lock:
                 if recipient in relay.targets:
                     relay.targets.remove(recipient)
             self._verdict(relay, recipient.name, ok, reason, sha256)
+        return None
 
     def _verdict(self, relay: Relay, name: str, ok: bool, reason: str, sha256: str | None,
                  interrupted: bool = False) -> None:

@@ -24,6 +24,7 @@ from .errors import ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChat
 from .inbox import Inbox, Verdict, announce_incoming
 from .outbox import STALL_TIMEOUT
 from .outgoing import Outgoing, Retry
+from .ratelimit import TokenBucket
 from .room import Participant, Pause, Relay, Room
 from .tls import peer_identity, server_context
 from .transfer import Downloads
@@ -32,6 +33,11 @@ MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections at once; more are re
 MAX_UPLOADS = 16  # files one member may be sending at once (our clients send 4 at a time)
 CHAT_RATE = 20.0  # lines per second a member may send, on average
 CHAT_BURST = 60  # lines a member may send at once
+# Offers a member may make per second, and at once. Each offer puts a line on every
+# screen and a partial on every disk: a flood (70/s measured) is slowed to this by not
+# reading the member's connection until the bucket is out of debt; nothing is refused.
+OFFER_RATE = 2.0
+OFFER_BURST = 20
 SHUTDOWN_TIMEOUT = 10.0
 SOFTWARE = "securechat-server/0.1"
 
@@ -45,33 +51,44 @@ class Session(Participant):
         self.server = server
         self.room = server.room
         self.conn = Connection(sock, name, self._on_frame, self._on_close)
+        self.session: str | None = None
+        self.receives_files = True
         self._greeted = False
         self._uploads: dict[int, Relay] = {}
-        self._tokens = float(CHAT_BURST)
-        self._tokens_at = time.monotonic()
+        now = time.monotonic()
+        self._chat_bucket = TokenBucket(CHAT_RATE, CHAT_BURST, now)
+        self._offer_bucket = TokenBucket(OFFER_RATE, OFFER_BURST, now)
         self._warned_at = 0.0
 
     def _may_chat(self) -> bool:
-        """Token bucket: a flood from one member is refused; nobody else notices."""
+        """A flood of lines from one member is refused; nobody else notices."""
         now = time.monotonic()
-        self._tokens = min(CHAT_BURST, self._tokens + (now - self._tokens_at) * CHAT_RATE)
-        self._tokens_at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if self._chat_bucket.allow(now):
             return True
         if now - self._warned_at > 1.0:
             self._warned_at = now
             self.deliver(frames.Notice(text=f"too many lines (limit {CHAT_RATE:.0f} per second): lines dropped, slow down"))
         return False
 
+    def _pace_offers(self) -> None:
+        """A flood of offers is slowed: this connection is not read again until the bucket allows."""
+        now = time.monotonic()
+        self._offer_bucket.take(now)
+        ready_at = self._offer_bucket.ready_at(now)
+        if ready_at > now:
+            self.conn.pause_reading_until(ready_at)
+
     # ------------------------------------------------ Participant
+
+    def greet(self, members: list[str]) -> None:
+        self.conn.send(frames.Welcome(you=self.name, server=self.room.operator_name, members=members))
 
     def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
         self.conn.outbox.put_control(encoded or frames.encode(message))
 
     def offer(self, relay: Relay) -> None:
         self.conn.send_stream(frames.Offer(id=relay.id, name=relay.name, size=relay.size, sha256=relay.sha256,
-                                           sender=relay.sender.name))
+                                           to=self.name if relay.private else None, sender=relay.sender.name))
 
     def start_sending(self, relay: Relay) -> None:
         assert relay.start is not None
@@ -121,10 +138,13 @@ class Session(Participant):
             case frames.Offer():
                 if frame.id in self._uploads:
                     raise RemoteProtocolError(f"transfer id {frame.id} offered twice")
+                self._forget_refused_uploads()
                 if len(self._uploads) >= MAX_UPLOADS:
                     raise RemoteProtocolError(f"more than {MAX_UPLOADS} files sent at once")
-                self._uploads[frame.id] = self.room.start_relay(self, frame.id, frame.name, frame.size, frame.sha256,
-                                                                frame.to)
+                self._pace_offers()
+                relay = self.room.start_relay(self, frame.id, frame.name, frame.size, frame.sha256, frame.to)
+                if relay is not None:  # None: nobody receives it, and nothing more comes for its id
+                    self._uploads[frame.id] = relay
             case frames.Accept():
                 if not self.room.accepted(frame.id, self, frame.offset):
                     raise RemoteProtocolError(f"accept for transfer {frame.id} is past the end of the file")
@@ -135,13 +155,23 @@ class Session(Participant):
             case frames.Abort():
                 self.room.sender_aborted(self._upload(frame.id, "abort"), frame.reason or f"{self.name} stopped sending")
             case frames.Result():
-                self.room.verdict(frame.id, self, frame.ok, frame.reason, frame.sha256 if frame.ok else None)
+                problem = self.room.verdict(frame.id, self, frame.ok, frame.reason, frame.sha256 if frame.ok else None)
+                if problem:
+                    raise RemoteProtocolError(problem)
             case frames.Who():
                 self.deliver(frames.Who(names=self.room.names()))
             case frames.Bye():
                 pass
             case _:
                 raise RemoteProtocolError(f"a client may not send {frame.TYPE!r} here")
+
+    def _forget_refused_uploads(self) -> None:
+        """Transfers refused before their accept never get an end or abort from their sender
+        (it was told `cancel`): kept, they would count against MAX_UPLOADS for good. Dropped
+        only here, at the next offer, so stray chunks sent right after a refusal stay harmless."""
+        for transfer_id, relay in list(self._uploads.items()):
+            if relay.finished and relay.start is None:
+                del self._uploads[transfer_id]
 
     def _upload(self, transfer_id: int, what: str) -> Relay:
         relay = self._uploads.pop(transfer_id, None)
@@ -159,11 +189,13 @@ class Session(Participant):
         if frame.name is not None and frame.name != self.name:
             raise RemoteProtocolError(f"hello claims to be {frame.name!r}, but the certificate says {self.name!r}")
         self._greeted = True
+        self.session, self.receives_files = frame.session, frame.receive_files
         self.conn.send(frames.Hello(version=frames.PROTOCOL_VERSION, software=SOFTWARE))
-        self.conn.send(frames.Welcome(you=self.name, server=self.server.operator.name, members=self.room.names()))
-        self.room.join(self)
+        self.room.join(self)  # sends welcome: the member list and joining are one step
 
     def _on_close(self, conn: Connection, reason: str, clean: bool) -> None:
+        if conn.internal_error is not None:  # for the operator only: the room is told "internal error"
+            self.server.console.error(f"internal error on {self.name}'s connection: {conn.internal_error!r}")
         if self._greeted:
             self.room.leave(self, "" if clean else reason, interrupted=not clean)
         self.server.forget(self)
@@ -185,6 +217,9 @@ class Operator(Participant):
                 threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="operator-resend",
                                  daemon=True).start()
         show_message(self.console, message) or self.outgoing.handle(message)
+
+    def greet(self, members: list[str]) -> None:
+        pass  # the operator is in the room from the start
 
     def _settle(self, relay: Relay, verdict: Verdict | None) -> bool:
         if verdict is None:
@@ -255,6 +290,9 @@ class Operator(Participant):
         source, transfer_id = started
         sha256 = source.sha256  # computed by outgoing.start
         relay = self.room.start_relay(self, transfer_id, source.name, source.size, sha256, to)
+        if relay is None:  # nobody receives it; the Recipients answer told self.outgoing why
+            source.close()
+            return
         relay.ready.wait()  # always set: every recipient answers, or the room gives up on it
         try:
             if relay.finished:
@@ -297,7 +335,7 @@ class Server:
         name = common_name(CertsLayout(certs).server_cert)
         self.host, self.port = host, port
         self.console = console
-        self.room = Room()
+        self.room = Room(name)
         self.operator = Operator(name, self.room, console, downloads)
         self.room.join(self.operator)
         self._sessions: set[Session] = set()

@@ -242,3 +242,35 @@ def test_direct_chunk_reads_match_feeding(chunks, step):
             out.append(frame)
     expected = [f for i, c in enumerate(chunks) for f in (frames.Who(), frames.Chunk(i, c))]
     assert out == expected
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"type":"chat","text":"s\\udcff.txt"}',
+    b'{"type":"offer","id":1,"name":"\\ud800","size":1,"sha256":"' + b"a" * 64 + b'"}',
+    b'{"type":"chat","text":"x","to":"b\\udfffb"}',
+    b'{"type":"who","names":["ok","\\udcff"]}',
+])
+def test_lone_surrogates_are_not_text(raw):
+    with pytest.raises(RemoteProtocolError, match="not valid"):
+        frames.parse_control(raw)
+
+
+def test_escaped_surrogate_pairs_are_text():
+    message = frames.parse_control(b'{"type":"chat","text":"\\ud83d\\ude00"}')
+    assert message.text == "\U0001F600"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=12),
+       st.sampled_from(["chat", "offer", "who"]))
+def test_everything_the_decoder_accepts_re_encodes(text, kind):
+    """Strings with lone surrogates included (spelled as JSON escapes): accepted means encodable."""
+    obj = {"chat": {"type": "chat", "text": text, "to": text or None},
+           "offer": {"type": "offer", "id": 1, "name": text, "size": 1, "sha256": "a" * 64},
+           "who": {"type": "who", "names": [text]}}[kind]
+    payload = json.dumps({k: v for k, v in obj.items() if v is not None}).encode()  # ASCII, \u escapes
+    try:
+        message = frames.parse_control(payload)
+    except RemoteProtocolError:
+        return
+    assert frames.parse_control(frames.encode(message)[frames.HEADER.size:]) == message

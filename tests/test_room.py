@@ -132,17 +132,3 @@ def test_member_crash_mid_fan_out_leaves_the_others_copies_intact(room, tmp_path
     alice.wait_event("file_delivered", to="server")
     for member in (bob, alice):
         member.wait_event("left", name="carol")
-
-
-def test_same_identity_twice_replaces_the_older_connection(room):
-    first = room.join("alice")
-    bob = room.join("bob")
-    second = room.join("alice")
-    first.wait_event("disconnected", reason="replaced by a new connection with the same certificate")
-    assert first.wait_exit() == 0
-    bob.wait_event("left", name="alice", reason="replaced by a new connection")
-    bob.wait_event("joined", name="alice")  # the new one; the room saw left, then joined
-    second.send("I am the new alice")
-    bob.wait_event("message", **{"from": "alice", "text": "I am the new alice"})
-    room.server.send("/who")
-    assert room.server.wait_event("who")["names"] == ["alice", "bob", "server"]
