@@ -37,7 +37,7 @@ CHAT_BURST = 60  # lines a member may send at once
 # screen and a partial on every disk: a flood (70/s measured) is slowed to this by not
 # reading the member's connection until the bucket is out of debt; nothing is refused.
 OFFER_RATE = 2.0
-OFFER_BURST = 20
+OFFER_BURST = 16
 SHUTDOWN_TIMEOUT = 10.0
 SOFTWARE = "securechat-server/0.1"
 
