@@ -8,10 +8,12 @@ traceback.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -28,13 +30,15 @@ from .errors import SecureChatError, UsageError
 from .outgoing import RESUME_WAIT
 from .server import Server
 from .tls import ClientFiles
-from .transfer import Downloads, parse_size
+from .transfer import Downloads, human_size, parse_size
 
 DEFAULT_PORT = 7443
+DEFAULT_WAIT = 600  # seconds `send --to NAME` waits for NAME to join, like croc or wormhole
 
 app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Private chat and SHA-256 verified file exchange over mutual TLS 1.3.",
 )
 
@@ -45,28 +49,47 @@ CERTS = typer.Option(Path("certs"), "--certs", envvar="SECURECHAT_CERTS", help="
 DOWNLOADS = typer.Option(Path("downloads"), "--downloads", envvar="SECURECHAT_DOWNLOADS", help="Where received files are saved.")
 MAX_FILE_SIZE = typer.Option(None, "--max-file-size", help="Refuse received files larger than this (e.g. 2GiB).")
 JSON_OUTPUT = typer.Option(False, "--json", help="One JSON object per line for every event.")
-PREVIEW = typer.Option(False, "--preview", help="Draw received images in the terminal (needs securechat[images]).")
+PREVIEW = typer.Option(False, "--preview", help="Draw received images in the terminal (needs securechat\\[images]).")
 OPEN_IMAGES = typer.Option(False, "--open", help="Open received images with the system viewer.")
 NO_RECONNECT = typer.Option(False, "--no-reconnect",
                             help="When the connection drops, stop instead of reconnecting and resuming transfers.")
 SERVER_PORT = typer.Option(DEFAULT_PORT, "--port", envvar="SECURECHAT_PORT", help="Server port.")
-HOST = typer.Argument(..., help="Server host name or IP address (must be in its certificate).")
+HOST = typer.Argument(..., metavar="HOST", show_default=False,
+                      help="Server host name or IP address (must be in its certificate), or HOST:PORT, [IPv6]:PORT.")
 NAME = typer.Option(None, "--name", help="Which client certificate to use (CERTS/clients/NAME.pem).")
 CERT = typer.Option(None, "--cert", help="Client certificate file (overrides --certs/--name).")
 KEY = typer.Option(None, "--key", help="Client private key file (with --cert).")
 CA = typer.Option(None, "--ca", help="CA certificate file (overrides --certs).")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"securechat {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _load_config(ctx: typer.Context) -> None:
+def _load_config(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     """Private chat and SHA-256 verified file exchange over mutual TLS 1.3."""
     try:
         ctx.default_map = {**default_map(), **(ctx.default_map or {})}
     except SecureChatError as exc:
-        _fail(str(exc))
+        _fail(str(exc), json_output="--json" in sys.argv[2:])
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1, json_output: bool = False) -> None:
+    """One line on stderr; with --json also an `error` event on stdout, where a script reads."""
+    if json_output:
+        event = {"event": "error", "time": round(time.time(), 3), "message": message}
+        try:
+            sys.stdout.write(json.dumps(event, ensure_ascii=True) + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            pass
     sys.stderr.write(f"error: {visible(message)}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
@@ -80,11 +103,36 @@ def friendly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except SecureChatError as exc:
-            _fail(str(exc))
+            _fail(str(exc), json_output=bool(kwargs.get("json_output")))
         except KeyboardInterrupt:
             raise typer.Exit(130)
 
     return wrapper
+
+
+def _address(ctx: typer.Context, host: str, port: int, allow_zero: bool = False) -> tuple[str, int]:
+    """(host, port) from HOST, HOST:PORT or [IPv6]:PORT and --port; a bad port is a usage error."""
+    given = None
+    if host.startswith("["):
+        inside, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise UsageError(f"{host!r} is not like [IPv6]:PORT")
+        host, given = inside, rest[1:] or None
+    elif host.count(":") == 1:  # more than one colon: a bare IPv6 address
+        host, given = host.split(":")
+    if given is not None:
+        if not given.isdigit():
+            raise UsageError(f"port {given!r} in {host}:{given} is not a number")
+        # By name: typer ships its own click, whose module path differs between versions.
+        from_flag = getattr(ctx.get_parameter_source("port"), "name", "") == "COMMANDLINE"
+        if from_flag and int(given) != port:
+            raise UsageError(f"two ports given: {given} in the address and --port {port}")
+        port = int(given)
+    if not host:
+        raise UsageError("no host given: use HOST or HOST:PORT")
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise UsageError(f"port {port} is out of range (1 to 65535)")
+    return host, port
 
 
 def _stdin_lines(fd: int = 0, limit: int = 1024 * 1024):
@@ -208,6 +256,8 @@ def serve(
 ) -> None:
     """Run the TLS 1.3 room; the operator at this terminal chats and sends files too."""
     _prepare_stdout()
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port {port} is out of range (0 to 65535; 0 picks a free one)")
     interactive = _is_terminal() and not json_output
     console = _make_console(json_output, interactive, preview, open_images)
     limit = parse_size(max_file_size) if max_file_size else None
@@ -279,6 +329,7 @@ def _make_prompt(participants):
 @app.command()
 @friendly
 def join(
+    ctx: typer.Context,
     host: str = HOST,
     port: int = SERVER_PORT,
     certs: Path = CERTS,
@@ -293,8 +344,13 @@ def join(
     open_images: bool = OPEN_IMAGES,
     no_reconnect: bool = NO_RECONNECT,
 ) -> None:
-    """Join a securechat server as one of its clients."""
+    """Join a securechat server as one of its clients.
+
+    With input from a pipe or file, end of input means `exit`: every file asked for
+    finishes first, and the exit status is 0 only if each one was delivered verified.
+    """
     _prepare_stdout()
+    host, port = _address(ctx, host, port)
     files = _client_files(certs, name, cert, key, ca)
     interactive = _is_terminal() and not json_output
     console = _make_console(json_output, interactive, preview, open_images)
@@ -302,10 +358,12 @@ def join(
     client = Client(host, port, files, Downloads(downloads, limit), console, reconnect=not no_reconnect)
     client.connect()
 
+    interrupted = False
     if interactive:
         prompt = _make_prompt([(client.inbox, client.outgoing)])
         threading.Thread(target=lambda: (client.ended.wait(), prompt.stop()), daemon=True).start()
         _prompt_commands(prompt, client.handle, console)  # exit, /quit, Ctrl-D, Ctrl-C
+        interrupted = prompt.interrupted
     else:
         done = threading.Event()
 
@@ -314,13 +372,28 @@ def join(
             done.set()  # exit, /quit and end of input all leave gracefully
 
         threading.Thread(target=person_input, name="input", daemon=True).start()
-        while not done.wait(0.1) and not client.ended.is_set():
-            pass
+        try:
+            while not done.wait(0.1) and not client.ended.is_set():
+                pass
+        except KeyboardInterrupt:
+            interrupted = True  # the first Ctrl-C leaves as `exit` does
     if not client.ended.is_set():
-        client.leave()
+        _leave(client, "Ctrl-C again" if interrupted else "Ctrl-C")
+        failures = client.outgoing.failures()
+        if failures and not interactive:
+            _fail("not delivered: " + "; ".join(failures), json_output=json_output)
         return
     if not client.ended_cleanly:
-        _fail(f"connection to {host}:{port} lost: {client.end_reason}")
+        _fail(f"connection to {host}:{port} lost: {client.end_reason}", json_output=json_output)
+
+
+def _leave(client: Client, ctrl_c: str) -> None:
+    """Leave after every file asked for is decided; a Ctrl-C meanwhile stops them (they resume later)."""
+    try:
+        client.leave(hint=f"{ctrl_c} to stop it, it resumes when you send it again")
+    except KeyboardInterrupt:
+        client.abandon()
+        raise
 
 
 def _client_files(certs: Path, name: str | None, cert: Path | None, key: Path | None, ca: Path | None) -> ClientFiles:
@@ -335,10 +408,13 @@ def _client_files(certs: Path, name: str | None, cert: Path | None, key: Path | 
 @app.command()
 @friendly
 def send(
+    ctx: typer.Context,
     host: str = HOST,
     paths: List[Path] = typer.Argument(None, help="Files to send."),
     to: Optional[str] = typer.Option(None, "--to", help="Send to this participant only (default: everyone)."),
     message: Optional[str] = typer.Option(None, "-m", "--message", help="Send this chat line."),
+    wait: float = typer.Option(DEFAULT_WAIT, "--wait", metavar="SECONDS",
+                               help="With --to: how long to wait for NAME to join; 0 fails at once."),
     port: int = SERVER_PORT,
     certs: Path = CERTS,
     name: Optional[str] = NAME,
@@ -354,9 +430,12 @@ def send(
     Exit 0 when every file reached every recipient verified; otherwise 1, naming each failure.
     """
     _prepare_stdout()
+    host, port = _address(ctx, host, port)
     paths = paths or []
     if not paths and message is None:
         raise UsageError("nothing to send: give files, or -m TEXT")
+    if wait < 0:
+        raise UsageError("--wait takes seconds, 0 or more")
     for path in paths:
         if not path.is_file():
             raise UsageError(f"{path} is not a file" if path.exists() else f"no such file: {path}")
@@ -364,23 +443,81 @@ def send(
     if message is not None:
         command = PrivateMessage(to, message) if to else Say(message)
         parse(("/msg " + to + " " if to else "//") + message)  # the same length check as typed lines
-    console = Console(json_output)
+    console = Console(json_output, chat_hints=False)
     client = Client(host, port, _client_files(certs, name, cert, key, ca), Downloads(downloads), console,
                     reconnect=not no_reconnect, give_up_after=RESUME_WAIT)
+    if to is not None and to == client.name:
+        raise UsageError(f"--to {to} is you (your certificate's name); name someone else in the room")
     client.connect()
-    if command is not None:
-        client.handle(command)
-    senders = [threading.Thread(target=client.send_file, args=(path, to)) for path in paths]
-    for thread in senders:
-        thread.start()
-    for thread in senders:
-        thread.join()
-    while not client.outgoing.wait_idle(timeout=1.0, retries=True) and not client.ended.is_set():
-        pass  # interrupted files are offered again when the connection (or their recipient) is back
-    failures = [f"{s.name} to {who or 'anyone'}: {reason}" for s in client.outgoing.finished for who, reason in s.failed]
+    progress = None
+    try:
+        if to is not None:
+            _wait_for_recipient(client, console, to, wait)
+        if command is not None:
+            client.handle(command)
+        progress = _OneShotProgress(client) if sys.stderr.isatty() and not json_output and paths else None
+        senders = [threading.Thread(target=client.send_file, args=(path, to), daemon=True) for path in paths]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            while thread.is_alive():
+                thread.join(0.5)
+        while not client.outgoing.wait_idle(timeout=1.0, retries=True) and not client.ended.is_set():
+            pass  # interrupted files are offered again when the connection (or their recipient) is back
+    except KeyboardInterrupt:
+        names = ", ".join(p.name for p in paths) or "the line"
+        client.abandon()
+        _fail(f"stopped: {names} not delivered; sending it again resumes where it stopped", 130, json_output)
+    finally:
+        if progress is not None:
+            progress.stop()
+    failures = client.outgoing.failures()
     client.leave()
     if failures:
-        _fail("not delivered: " + "; ".join(failures))
+        _fail("not delivered: " + "; ".join(failures), json_output=json_output)
+
+
+def _wait_for_recipient(client: Client, console: Console, to: str, wait: float) -> None:
+    if to in client.present:
+        return
+    if wait == 0:
+        client.leave()
+        raise UsageError(f"nobody named {to!r} is here; nothing was sent (--wait SECONDS waits for them to join)")
+    console.event("waiting", text=f"waiting for {to} to join (up to {_duration(wait)}; Ctrl-C to give up)",
+                  name=to, seconds=wait)
+    if not client.wait_for(to, wait):
+        client.leave()
+        raise UsageError(f"{to} did not join within {_duration(wait)}; nothing was sent")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
+
+
+class _OneShotProgress:
+    """One line on stderr (a terminal), redrawn in place: what is being sent and how far it got."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._stopped = threading.Event()
+        self._drawn = False
+        threading.Thread(target=self._run, name="progress", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(0.5):
+            rows = self._client.outgoing.progress()
+            text = "  ".join(f"↑ {visible(name)} {100 * sent // max(size, 1):3d}% of {human_size(size)}"
+                             for _, name, _, sent, size in rows)
+            if text:
+                sys.stderr.write(f"\r\x1b[K{text}")
+                sys.stderr.flush()
+                self._drawn = True
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._drawn:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
 
 
 @app.command()
