@@ -280,3 +280,26 @@ def test_config_type_error_reads_well(tmp_path):
     assert result.returncode == 1
     assert "port must be a whole number, not '7443'" in result.stderr and "a int" not in result.stderr
 
+
+
+# ---------------------------------------------------------------- item 15: size limit on the whole file
+
+
+def test_size_limit_counts_the_whole_file_not_what_is_left(tmp_path):
+    from securechat.errors import TransferError
+    from securechat.transfer import Downloads, IncomingFile
+
+    downloads = Downloads(tmp_path / "dl")
+    size, kept = 1_000_000, b"\0" * 600_000
+    digest = hashlib.sha256(b"\0" * size).hexdigest()
+    partial = downloads.partials.open("bob", "big.bin", size, digest)
+    os.write(partial.fd, kept)
+    partial.checkpoint(len(kept), hashlib.sha256(kept).hexdigest())
+    partial.release()
+    downloads.max_file_size = 500_000  # more than the 400 kB still to come, less than the file
+    try:
+        with pytest.raises(TransferError) as refused:
+            IncomingFile(downloads, "big.bin", size, digest, "bob", lambda offset, note: None)
+        assert str(refused.value) == "file of 1.0 MB exceeds the limit of 500.0 KB"
+    finally:
+        downloads.close()
