@@ -64,7 +64,7 @@ class VerifyOutcome:
 def _check(path: Path, expected: str | None) -> VerifyOutcome:
     if not path.exists() and not path.is_symlink():
         # Whether or not it was recorded, the first thing to fix is the path.
-        return VerifyOutcome(path, False, "no such file" if expected is None else "missing (recorded, but not there)")
+        return VerifyOutcome(path, False, "no such file" if expected is None else "missing")
     if expected is None:
         return VerifyOutcome(path, False, f"unknown: not recorded in {path.parent / SUMS_FILENAME}")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -18,19 +19,21 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__
 from .certfiles import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout, certificate_fingerprint, common_name, key_is_encrypted
 from .checksums import verify_paths
 from .client import Client
-from .commands import Command, PrivateMessage, Quit, Say, parse, read_commands
+from .commands import Command, PrivateMessage, Quit, Say, parse, read_commands, stdin_lines
 from .config import default_map
 from .console import Console, visible
 from .errors import SecureChatError, UsageError
+from .oneshot import ProgressLine, split_address, wait_for_recipient
 from .outgoing import RESUME_WAIT
 from .server import Server
 from .tls import ClientFiles
-from .transfer import Downloads, human_size, parse_size
+from .transfer import Downloads, parse_size
 
 DEFAULT_PORT = 7443
 DEFAULT_WAIT = 600  # seconds `send --to NAME` waits for NAME to join, like croc or wormhole
@@ -41,6 +44,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Private chat and SHA-256 verified file exchange over mutual TLS 1.3.",
 )
+
+
+class _Command(TyperCommand):
+    """Usage lines as people write them: `join [OPTIONS] HOST`, not typer's `{HOST}`."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [re.sub(r"^\{(.*)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
 
 # Options shared by several commands, declared once. Environment variables
@@ -110,56 +120,10 @@ def friendly(command: Callable) -> Callable:
     return wrapper
 
 
-def _address(ctx: typer.Context, host: str, port: int, allow_zero: bool = False) -> tuple[str, int]:
-    """(host, port) from HOST, HOST:PORT or [IPv6]:PORT and --port; a bad port is a usage error."""
-    given = None
-    if host.startswith("["):
-        inside, bracket, rest = host[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise UsageError(f"{host!r} is not like [IPv6]:PORT")
-        host, given = inside, rest[1:] or None
-    elif host.count(":") == 1:  # more than one colon: a bare IPv6 address
-        host, given = host.split(":")
-    if given is not None:
-        if not given.isdigit():
-            raise UsageError(f"port {given!r} in {host}:{given} is not a number")
-        # By name: typer ships its own click, whose module path differs between versions.
-        from_flag = getattr(ctx.get_parameter_source("port"), "name", "") == "COMMANDLINE"
-        if from_flag and int(given) != port:
-            raise UsageError(f"two ports given: {given} in the address and --port {port}")
-        port = int(given)
-    if not host:
-        raise UsageError("no host given: use HOST or HOST:PORT")
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise UsageError(f"port {port} is out of range (1 to 65535)")
-    return host, port
-
-
-def _stdin_lines(fd: int = 0, limit: int = 1024 * 1024):
-    """Lines typed or piped in, read with os.read on the raw descriptor.
-
-    Not sys.stdin: a daemon thread blocked inside its buffered reader holds
-    the buffer's lock, and CPython aborts (SIGABRT) if the process exits then.
-    Invalid UTF-8 is replaced rather than ending the session; a line longer
-    than `limit` is passed on cut, and commands.parse refuses it as too long.
-    """
-    pending = b""
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            data = b""
-        if not data:
-            if pending:
-                yield pending.decode("utf-8", "replace")
-            return
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line.decode("utf-8", "replace")
-        if len(pending) > limit:
-            yield pending.decode("utf-8", "replace")
-            pending = b""
+def _address(ctx: typer.Context, host: str, port: int) -> tuple[str, int]:
+    # By name: typer ships its own click, whose module path differs between versions.
+    from_flag = getattr(ctx.get_parameter_source("port"), "name", "") == "COMMANDLINE"
+    return split_address(host, port, port_from_flag=from_flag)
 
 
 def _prepare_stdout() -> None:
@@ -187,7 +151,7 @@ def _ca_passphrase(layout: CertsLayout, creating: bool) -> bytes | None:
     return first.encode("utf-8")
 
 
-@app.command("gen-certs")
+@app.command("gen-certs", cls=_Command)
 @friendly
 def gen_certs(
     out: Path = typer.Option(Path("certs"), "--out", help="Folder for the CA, server and client files."),
@@ -221,10 +185,10 @@ def gen_certs(
     print(f"keep {out / 'ca.key'} on this machine only; the server uses {out / 'server.pem'} and {out / 'server.key'}")
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def revoke(
-    name: str = typer.Argument(..., help="The client to revoke (its certificate in CERTS/clients/NAME.pem)."),
+    name: str = typer.Argument(..., metavar="NAME", help="The client to revoke (its certificate in CERTS/clients/NAME.pem)."),
     certs: Path = CERTS,
 ) -> None:
     """Revoke a client certificate: a running server refuses it from its next connection."""
@@ -242,7 +206,7 @@ def revoke(
         print(f"revoked {name} (serial {serial:x}) in {layout.crl}; servers using {certs} refuse it from now on")
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def serve(
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
@@ -289,7 +253,7 @@ def serve(
         _prompt_commands(prompt, handle, console)  # Ctrl-D: keep serving, headless
     else:
         # End of input without exit: keep serving, headless.
-        threading.Thread(target=read_commands, args=(_stdin_lines(), handle, console.error),
+        threading.Thread(target=read_commands, args=(stdin_lines(), handle, console.error),
                          name="operator-input", daemon=True).start()
     while not stop.wait(0.5):
         pass
@@ -326,7 +290,7 @@ def _make_prompt(participants):
     return Prompt([progress_rows(inbox, outgoing) for inbox, outgoing in participants])
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def join(
     ctx: typer.Context,
@@ -368,7 +332,7 @@ def join(
         done = threading.Event()
 
         def person_input() -> None:
-            read_commands(_stdin_lines(), client.handle, console.error)
+            read_commands(stdin_lines(), client.handle, console.error)
             done.set()  # exit, /quit and end of input all leave gracefully
 
         threading.Thread(target=person_input, name="input", daemon=True).start()
@@ -405,12 +369,12 @@ def _client_files(certs: Path, name: str | None, cert: Path | None, key: Path | 
     return files if ca is None else ClientFiles(ca, files.cert, files.key)
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def send(
     ctx: typer.Context,
     host: str = HOST,
-    paths: List[Path] = typer.Argument(None, help="Files to send."),
+    paths: List[Path] = typer.Argument(None, metavar="PATH...", show_default=False, help="Files to send."),
     to: Optional[str] = typer.Option(None, "--to", help="Send to this participant only (default: everyone)."),
     message: Optional[str] = typer.Option(None, "-m", "--message", help="Send this chat line."),
     wait: float = typer.Option(DEFAULT_WAIT, "--wait", metavar="SECONDS",
@@ -452,10 +416,10 @@ def send(
     progress = None
     try:
         if to is not None:
-            _wait_for_recipient(client, console, to, wait)
+            wait_for_recipient(client, console, to, wait)
         if command is not None:
             client.handle(command)
-        progress = _OneShotProgress(client) if sys.stderr.isatty() and not json_output and paths else None
+        progress = ProgressLine(client.outgoing) if sys.stderr.isatty() and not json_output and paths else None
         senders = [threading.Thread(target=client.send_file, args=(path, to), daemon=True) for path in paths]
         for thread in senders:
             thread.start()
@@ -477,50 +441,7 @@ def send(
         _fail("not delivered: " + "; ".join(failures), json_output=json_output)
 
 
-def _wait_for_recipient(client: Client, console: Console, to: str, wait: float) -> None:
-    if to in client.present:
-        return
-    if wait == 0:
-        client.leave()
-        raise UsageError(f"nobody named {to!r} is here; nothing was sent (--wait SECONDS waits for them to join)")
-    console.event("waiting", text=f"waiting for {to} to join (up to {_duration(wait)}; Ctrl-C to give up)",
-                  name=to, seconds=wait)
-    if not client.wait_for(to, wait):
-        client.leave()
-        raise UsageError(f"{to} did not join within {_duration(wait)}; nothing was sent")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
-
-
-class _OneShotProgress:
-    """One line on stderr (a terminal), redrawn in place: what is being sent and how far it got."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._stopped = threading.Event()
-        self._drawn = False
-        threading.Thread(target=self._run, name="progress", daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(0.5):
-            rows = self._client.outgoing.progress()
-            text = "  ".join(f"↑ {visible(name)} {100 * sent // max(size, 1):3d}% of {human_size(size)}"
-                             for _, name, _, sent, size in rows)
-            if text:
-                sys.stderr.write(f"\r\x1b[K{text}")
-                sys.stderr.flush()
-                self._drawn = True
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._drawn:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def fingerprint(certs: Path = CERTS) -> None:
     """Print the SHA-256 fingerprints of the certificates, to compare over the phone."""
@@ -537,10 +458,10 @@ def fingerprint(certs: Path = CERTS) -> None:
         raise UsageError(f"no certificates in {certs}; create them with: securechat gen-certs")
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def verify(
-    paths: List[Path] = typer.Argument(..., help="Received files (or a downloads folder) to check."),
+    paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Received files (or a downloads folder) to check."),
     downloads: Optional[Path] = typer.Option(None, "--downloads", help="Folder whose SHA256SUMS to check against (default: each file's own folder)."),
 ) -> None:
     """Re-check received files against the SHA-256 recorded when they arrived."""
@@ -552,7 +473,7 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def version() -> None:
     """Print the version."""
     print(__version__)

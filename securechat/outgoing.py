@@ -248,7 +248,9 @@ class Outgoing:
         """Every file asked for that did not reach a recipient verified, with the reason."""
         with self._cond:
             failed = [f"{s.name} to {who or 'anyone'}: {reason}" for s in self.finished for who, reason in s.failed]
-            return failed + [f"{name}: {reason}" for name, reason in self.unsent]
+            # Still asked-for once we stopped waiting: never offered, so certainly not delivered.
+            unsent = self.unsent + [(path.name, "not sent") for path in self._asked.values()]
+            return failed + [f"{name}: {reason}" for name, reason in unsent]
 
     def waiting_for(self) -> list[str]:
         """What `exit` waits for, in words: `big.bin to bob (45 %)`, one per file."""

@@ -260,7 +260,7 @@ def test_version_and_short_help(tmp_path):
 def test_help_shows_host_and_the_images_extra(tmp_path):
     shown = run(["join", "--help"], tmp_path, env={**os.environ, "COLUMNS": "200"})
     assert shown.returncode == 0
-    assert "HOST" in shown.stdout and "{host}" not in shown.stdout
+    assert "Usage: securechat join [OPTIONS] HOST" in shown.stdout and "{" not in shown.stdout
     assert "securechat[images]" in shown.stdout
 
 
