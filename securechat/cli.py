@@ -419,7 +419,7 @@ def send(
             wait_for_recipient(client, console, to, wait)
         if command is not None:
             client.handle(command)
-        progress = ProgressLine(client.outgoing) if sys.stderr.isatty() and not json_output and paths else None
+        progress = ProgressLine(console, client.outgoing) if sys.stderr.isatty() and not json_output and paths else None
         senders = [threading.Thread(target=client.send_file, args=(path, to), daemon=True) for path in paths]
         for thread in senders:
             thread.start()
@@ -429,6 +429,8 @@ def send(
         while not client.outgoing.wait_idle(timeout=1.0, retries=True) and not client.ended.is_set():
             pass  # interrupted files are offered again when the connection (or their recipient) is back
     except KeyboardInterrupt:
+        if progress is not None:
+            progress.stop()
         names = ", ".join(p.name for p in paths) or "the line"
         client.abandon()
         _fail(f"stopped: {names} not delivered; sending it again resumes where it stopped", 130, json_output)

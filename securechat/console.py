@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import unicodedata
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from . import frames
 from .transfer import human_size
@@ -147,6 +147,9 @@ class Console:
         self._out = out or sys.stdout
         self._err = err or sys.stderr
         self._lock = threading.Lock()
+        # A line redrawn in place on a terminal (send's progress) is wiped before each event
+        # line, under the same lock, so the two never end up on one line; it is redrawn later.
+        self.wipe_status: Callable[[], None] | None = None
 
     def event(self, event: str, **fields: Any) -> None:
         self._print_event(event, fields)
@@ -182,6 +185,8 @@ class Console:
             stream = self._out
         with self._lock:
             try:
+                if self.wipe_status is not None:
+                    self.wipe_status()
                 stream.write(line + "\n")
                 stream.flush()
             except (BrokenPipeError, ValueError):
@@ -194,6 +199,8 @@ class Console:
             return
         with self._lock:
             try:
+                if self.wipe_status is not None:
+                    self.wipe_status()
                 self._err.write(f"error: {visible(message)}\n")
                 self._err.flush()
             except (BrokenPipeError, ValueError):

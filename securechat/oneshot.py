@@ -69,28 +69,42 @@ def wait_for_recipient(client: Client, console: Console, to: str, wait: float) -
 
 
 class ProgressLine:
-    """One line on stderr (a terminal), redrawn in place: each file being sent and how far it got."""
+    """One line on stderr (a terminal), redrawn in place: each file being sent and how far it got.
+
+    It shares the console's lock and is wiped before every event line, so a
+    `✓ delivered` line on the same terminal never lands behind a half-drawn bar.
+    """
 
     INTERVAL = 0.5  # seconds between redraws: often enough to look alive, rarely enough to cost nothing
 
-    def __init__(self, outgoing: Outgoing) -> None:
+    def __init__(self, console: Console, outgoing: Outgoing) -> None:
+        self._console = console
         self._outgoing = outgoing
         self._stopped = threading.Event()
         self._drawn = False
+        console.wipe_status = self._wipe
         threading.Thread(target=self._run, name="progress", daemon=True).start()
 
     def _run(self) -> None:
         while not self._stopped.wait(self.INTERVAL):
             text = "  ".join(f"↑ {visible(name)} {100 * sent // max(size, 1):3d}% of {human_size(size)}"
                              for _, name, _, sent, size in self._outgoing.progress())
-            if text:
-                sys.stderr.write(f"\r\x1b[K{text}")
-                sys.stderr.flush()
-                self._drawn = True
+            with self._console._lock:
+                if text and not self._stopped.is_set():
+                    sys.stderr.write(f"\r\x1b[K{text}")
+                    sys.stderr.flush()
+                    self._drawn = True
+
+    def _wipe(self) -> None:
+        """Clear the drawn line; call with the console's lock held."""
+        if self._drawn:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._drawn = False
 
     def stop(self) -> None:
         """Stop and wipe the line, so what follows (an error, the shell prompt) starts clean."""
         self._stopped.set()
-        if self._drawn:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+        with self._console._lock:
+            self._wipe()
+            self._console.wipe_status = None

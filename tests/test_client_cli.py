@@ -149,6 +149,24 @@ def test_exit_waits_for_an_upload_says_so_and_ctrl_c_stops_it(room, tmp_path, ra
     assert "resumes" in failed["reason"]
 
 
+def test_first_ctrl_c_leaves_like_exit_and_the_second_stops_the_upload(room, tmp_path, raw_client):
+    dave = raw_client(room.port, "dave")
+    dave.hello()
+    room.server.wait_event("joined", name="dave")
+    (tmp_path / "big.bin").write_bytes(os.urandom(100_000))
+    alice = room.start_client("alice")
+    alice.wait_event("connected")
+    alice.send("/send @dave big.bin")
+    alice.wait_event("file_sending", name="big.bin")
+    alice.popen.send_signal(signal.SIGINT)
+    waiting = alice.wait_event("waiting")
+    assert waiting["text"] == ("waiting for big.bin to reach dave (0 %); "
+                               "Ctrl-C again to stop it, it resumes when you send it again")
+    alice.popen.send_signal(signal.SIGINT)
+    assert alice.wait_exit(20) == 130
+    assert alice.count("file_failed", name="big.bin") == 1
+
+
 # ---------------------------------------------------------------- item 9: who we are
 
 
