@@ -13,6 +13,12 @@ files that were in flight are offered again, and the receivers' kept parts
 make that a resume. A goodbye from the server (shutdown, revoked, replaced
 by another connection with our certificate) is final: reconnecting would
 only fight it.
+
+Our name is our certificate's common name, read from our own file: a
+welcome that calls us anything else is a protocol error. Who else is here is
+tracked from welcome, joined and left, so `send --to NAME` can wait for NAME.
+Leaving (exit, end of input, the first Ctrl-C) waits for every file asked
+for, saying what it waits for; abandon() is the second Ctrl-C.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ The server answers each offer with the list of recipients, then with the
 offset to send from (`accept`: recipients may hold part of the file from an
 interrupted attempt), then relays one Result per recipient. A transfer is
 finished when every named recipient has answered (or the connection is gone);
-`wait_idle` lets `exit` wait for that.
+`wait_idle` lets `exit` wait for that. A file counts from the moment its
+command is handled (`ask`), not from when its hash is ready, so a script that
+pipes `/send` and ends its input never leaves before its file is offered.
 
 A transfer cut short by a dropped connection, ours or a recipient's, becomes
 a Retry: offered again, to that recipient only, when it is back (our own
