@@ -58,10 +58,13 @@ def append_sum(dir_fd: int, name: str, sha256: str) -> None:
 class VerifyOutcome:
     path: Path
     ok: bool
-    detail: str  # "verified", "MODIFIED: ...", "unknown: ...", "missing"
+    detail: str  # "verified", "MODIFIED: ...", "unknown: ...", "missing", "no such file"
 
 
 def _check(path: Path, expected: str | None) -> VerifyOutcome:
+    if not path.exists() and not path.is_symlink():
+        # Whether or not it was recorded, the first thing to fix is the path.
+        return VerifyOutcome(path, False, "no such file" if expected is None else "missing")
     if expected is None:
         return VerifyOutcome(path, False, f"unknown: not recorded in {path.parent / SUMS_FILENAME}")
     try:

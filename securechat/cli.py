@@ -8,35 +8,49 @@ traceback.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__
 from .certfiles import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout, certificate_fingerprint, common_name, key_is_encrypted
 from .checksums import verify_paths
 from .client import Client
-from .commands import Command, PrivateMessage, Quit, Say, parse, read_commands
+from .commands import Command, PrivateMessage, Quit, Say, parse, read_commands, stdin_lines
 from .config import default_map
 from .console import Console, visible
 from .errors import SecureChatError, UsageError
+from .oneshot import ProgressLine, split_address, wait_for_recipient
 from .outgoing import RESUME_WAIT
 from .server import Server
 from .tls import ClientFiles
 from .transfer import Downloads, parse_size
 
 DEFAULT_PORT = 7443
+DEFAULT_WAIT = 600  # seconds `send --to NAME` waits for NAME to join, like croc or wormhole
 
 app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Private chat and SHA-256 verified file exchange over mutual TLS 1.3.",
 )
+
+
+class _Command(TyperCommand):
+    """Usage lines as people write them: `join [OPTIONS] HOST`, not typer's `{HOST}`."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [re.sub(r"^\{(.*)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
 
 # Options shared by several commands, declared once. Environment variables
@@ -45,28 +59,47 @@ CERTS = typer.Option(Path("certs"), "--certs", envvar="SECURECHAT_CERTS", help="
 DOWNLOADS = typer.Option(Path("downloads"), "--downloads", envvar="SECURECHAT_DOWNLOADS", help="Where received files are saved.")
 MAX_FILE_SIZE = typer.Option(None, "--max-file-size", help="Refuse received files larger than this (e.g. 2GiB).")
 JSON_OUTPUT = typer.Option(False, "--json", help="One JSON object per line for every event.")
-PREVIEW = typer.Option(False, "--preview", help="Draw received images in the terminal (needs securechat[images]).")
+PREVIEW = typer.Option(False, "--preview", help="Draw received images in the terminal (needs securechat\\[images]).")
 OPEN_IMAGES = typer.Option(False, "--open", help="Open received images with the system viewer.")
 NO_RECONNECT = typer.Option(False, "--no-reconnect",
                             help="When the connection drops, stop instead of reconnecting and resuming transfers.")
 SERVER_PORT = typer.Option(DEFAULT_PORT, "--port", envvar="SECURECHAT_PORT", help="Server port.")
-HOST = typer.Argument(..., help="Server host name or IP address (must be in its certificate).")
+HOST = typer.Argument(..., metavar="HOST", show_default=False,
+                      help="Server host name or IP address (must be in its certificate), or HOST:PORT, [IPv6]:PORT.")
 NAME = typer.Option(None, "--name", help="Which client certificate to use (CERTS/clients/NAME.pem).")
 CERT = typer.Option(None, "--cert", help="Client certificate file (overrides --certs/--name).")
 KEY = typer.Option(None, "--key", help="Client private key file (with --cert).")
 CA = typer.Option(None, "--ca", help="CA certificate file (overrides --certs).")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"securechat {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _load_config(ctx: typer.Context) -> None:
+def _load_config(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     """Private chat and SHA-256 verified file exchange over mutual TLS 1.3."""
     try:
         ctx.default_map = {**default_map(), **(ctx.default_map or {})}
     except SecureChatError as exc:
-        _fail(str(exc))
+        _fail(str(exc), json_output="--json" in sys.argv[2:])
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1, json_output: bool = False) -> None:
+    """One line on stderr; with --json also an `error` event on stdout, where a script reads."""
+    if json_output:
+        event = {"event": "error", "time": round(time.time(), 3), "message": message}
+        try:
+            sys.stdout.write(json.dumps(event, ensure_ascii=True) + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            pass
     sys.stderr.write(f"error: {visible(message)}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
@@ -80,38 +113,17 @@ def friendly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except SecureChatError as exc:
-            _fail(str(exc))
+            _fail(str(exc), json_output=bool(kwargs.get("json_output")))
         except KeyboardInterrupt:
             raise typer.Exit(130)
 
     return wrapper
 
 
-def _stdin_lines(fd: int = 0, limit: int = 1024 * 1024):
-    """Lines typed or piped in, read with os.read on the raw descriptor.
-
-    Not sys.stdin: a daemon thread blocked inside its buffered reader holds
-    the buffer's lock, and CPython aborts (SIGABRT) if the process exits then.
-    Invalid UTF-8 is replaced rather than ending the session; a line longer
-    than `limit` is passed on cut, and commands.parse refuses it as too long.
-    """
-    pending = b""
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            data = b""
-        if not data:
-            if pending:
-                yield pending.decode("utf-8", "replace")
-            return
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line.decode("utf-8", "replace")
-        if len(pending) > limit:
-            yield pending.decode("utf-8", "replace")
-            pending = b""
+def _address(ctx: typer.Context, host: str, port: int) -> tuple[str, int]:
+    # By name: typer ships its own click, whose module path differs between versions.
+    from_flag = getattr(ctx.get_parameter_source("port"), "name", "") == "COMMANDLINE"
+    return split_address(host, port, port_from_flag=from_flag)
 
 
 def _prepare_stdout() -> None:
@@ -139,7 +151,7 @@ def _ca_passphrase(layout: CertsLayout, creating: bool) -> bytes | None:
     return first.encode("utf-8")
 
 
-@app.command("gen-certs")
+@app.command("gen-certs", cls=_Command)
 @friendly
 def gen_certs(
     out: Path = typer.Option(Path("certs"), "--out", help="Folder for the CA, server and client files."),
@@ -173,10 +185,10 @@ def gen_certs(
     print(f"keep {out / 'ca.key'} on this machine only; the server uses {out / 'server.pem'} and {out / 'server.key'}")
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def revoke(
-    name: str = typer.Argument(..., help="The client to revoke (its certificate in CERTS/clients/NAME.pem)."),
+    name: str = typer.Argument(..., metavar="NAME", help="The client to revoke (its certificate in CERTS/clients/NAME.pem)."),
     certs: Path = CERTS,
 ) -> None:
     """Revoke a client certificate: a running server refuses it from its next connection."""
@@ -194,7 +206,7 @@ def revoke(
         print(f"revoked {name} (serial {serial:x}) in {layout.crl}; servers using {certs} refuse it from now on")
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def serve(
     host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
@@ -208,6 +220,8 @@ def serve(
 ) -> None:
     """Run the TLS 1.3 room; the operator at this terminal chats and sends files too."""
     _prepare_stdout()
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port {port} is out of range (0 to 65535; 0 picks a free one)")
     interactive = _is_terminal() and not json_output
     console = _make_console(json_output, interactive, preview, open_images)
     limit = parse_size(max_file_size) if max_file_size else None
@@ -239,7 +253,7 @@ def serve(
         _prompt_commands(prompt, handle, console)  # Ctrl-D: keep serving, headless
     else:
         # End of input without exit: keep serving, headless.
-        threading.Thread(target=read_commands, args=(_stdin_lines(), handle, console.error),
+        threading.Thread(target=read_commands, args=(stdin_lines(), handle, console.error),
                          name="operator-input", daemon=True).start()
     while not stop.wait(0.5):
         pass
@@ -276,9 +290,10 @@ def _make_prompt(participants):
     return Prompt([progress_rows(inbox, outgoing) for inbox, outgoing in participants])
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def join(
+    ctx: typer.Context,
     host: str = HOST,
     port: int = SERVER_PORT,
     certs: Path = CERTS,
@@ -293,8 +308,13 @@ def join(
     open_images: bool = OPEN_IMAGES,
     no_reconnect: bool = NO_RECONNECT,
 ) -> None:
-    """Join a securechat server as one of its clients."""
+    """Join a securechat server as one of its clients.
+
+    With input from a pipe or file, end of input means `exit`: every file asked for
+    finishes first, and the exit status is 0 only if each one was delivered verified.
+    """
     _prepare_stdout()
+    host, port = _address(ctx, host, port)
     files = _client_files(certs, name, cert, key, ca)
     interactive = _is_terminal() and not json_output
     console = _make_console(json_output, interactive, preview, open_images)
@@ -302,25 +322,42 @@ def join(
     client = Client(host, port, files, Downloads(downloads, limit), console, reconnect=not no_reconnect)
     client.connect()
 
+    interrupted = False
     if interactive:
         prompt = _make_prompt([(client.inbox, client.outgoing)])
         threading.Thread(target=lambda: (client.ended.wait(), prompt.stop()), daemon=True).start()
         _prompt_commands(prompt, client.handle, console)  # exit, /quit, Ctrl-D, Ctrl-C
+        interrupted = prompt.interrupted
     else:
         done = threading.Event()
 
         def person_input() -> None:
-            read_commands(_stdin_lines(), client.handle, console.error)
+            read_commands(stdin_lines(), client.handle, console.error)
             done.set()  # exit, /quit and end of input all leave gracefully
 
         threading.Thread(target=person_input, name="input", daemon=True).start()
-        while not done.wait(0.1) and not client.ended.is_set():
-            pass
+        try:
+            while not done.wait(0.1) and not client.ended.is_set():
+                pass
+        except KeyboardInterrupt:
+            interrupted = True  # the first Ctrl-C leaves as `exit` does
     if not client.ended.is_set():
-        client.leave()
+        _leave(client, "Ctrl-C again" if interrupted else "Ctrl-C")
+        failures = client.outgoing.failures()
+        if failures and not interactive:
+            _fail("not delivered: " + "; ".join(failures), json_output=json_output)
         return
     if not client.ended_cleanly:
-        _fail(f"connection to {host}:{port} lost: {client.end_reason}")
+        _fail(f"connection to {host}:{port} lost: {client.end_reason}", json_output=json_output)
+
+
+def _leave(client: Client, ctrl_c: str) -> None:
+    """Leave after every file asked for is decided; a Ctrl-C meanwhile stops them (they resume later)."""
+    try:
+        client.leave(hint=f"{ctrl_c} to stop it, it resumes when you send it again")
+    except KeyboardInterrupt:
+        client.abandon()
+        raise
 
 
 def _client_files(certs: Path, name: str | None, cert: Path | None, key: Path | None, ca: Path | None) -> ClientFiles:
@@ -332,13 +369,16 @@ def _client_files(certs: Path, name: str | None, cert: Path | None, key: Path | 
     return files if ca is None else ClientFiles(ca, files.cert, files.key)
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def send(
+    ctx: typer.Context,
     host: str = HOST,
-    paths: List[Path] = typer.Argument(None, help="Files to send."),
+    paths: List[Path] = typer.Argument(None, metavar="PATH...", show_default=False, help="Files to send."),
     to: Optional[str] = typer.Option(None, "--to", help="Send to this participant only (default: everyone)."),
     message: Optional[str] = typer.Option(None, "-m", "--message", help="Send this chat line."),
+    wait: float = typer.Option(DEFAULT_WAIT, "--wait", metavar="SECONDS",
+                               help="With --to: how long to wait for NAME to join; 0 fails at once."),
     port: int = SERVER_PORT,
     certs: Path = CERTS,
     name: Optional[str] = NAME,
@@ -354,9 +394,12 @@ def send(
     Exit 0 when every file reached every recipient verified; otherwise 1, naming each failure.
     """
     _prepare_stdout()
+    host, port = _address(ctx, host, port)
     paths = paths or []
     if not paths and message is None:
         raise UsageError("nothing to send: give files, or -m TEXT")
+    if wait < 0:
+        raise UsageError("--wait takes seconds, 0 or more")
     for path in paths:
         if not path.is_file():
             raise UsageError(f"{path} is not a file" if path.exists() else f"no such file: {path}")
@@ -364,26 +407,43 @@ def send(
     if message is not None:
         command = PrivateMessage(to, message) if to else Say(message)
         parse(("/msg " + to + " " if to else "//") + message)  # the same length check as typed lines
-    console = Console(json_output)
+    console = Console(json_output, chat_hints=False)
     client = Client(host, port, _client_files(certs, name, cert, key, ca), Downloads(downloads), console,
                     reconnect=not no_reconnect, give_up_after=RESUME_WAIT, receive_files=False)
+    if to is not None and to == client.name:
+        raise UsageError(f"--to {to} is you (your certificate's name); name someone else in the room")
     client.connect()
-    if command is not None:
-        client.handle(command)
-    senders = [threading.Thread(target=client.send_file, args=(path, to)) for path in paths]
-    for thread in senders:
-        thread.start()
-    for thread in senders:
-        thread.join()
-    while not client.outgoing.wait_idle(timeout=1.0, retries=True) and not client.ended.is_set():
-        pass  # interrupted files are offered again when the connection (or their recipient) is back
-    failures = [f"{s.name} to {who or 'anyone'}: {reason}" for s in client.outgoing.finished for who, reason in s.failed]
+    progress = None
+    try:
+        if to is not None:
+            wait_for_recipient(client, console, to, wait)
+        if command is not None:
+            client.handle(command)
+        progress = ProgressLine(console, client.outgoing) if sys.stderr.isatty() and not json_output and paths else None
+        senders = [threading.Thread(target=client.send_file, args=(path, to), daemon=True) for path in paths]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            while thread.is_alive():
+                thread.join(0.5)
+        while not client.outgoing.wait_idle(timeout=1.0, retries=True) and not client.ended.is_set():
+            pass  # interrupted files are offered again when the connection (or their recipient) is back
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.stop()
+        names = ", ".join(p.name for p in paths) or "the line"
+        client.abandon()
+        _fail(f"stopped: {names} not delivered; sending it again resumes where it stopped", 130, json_output)
+    finally:
+        if progress is not None:
+            progress.stop()
+    failures = client.outgoing.failures()
     client.leave()
     if failures:
-        _fail("not delivered: " + "; ".join(failures))
+        _fail("not delivered: " + "; ".join(failures), json_output=json_output)
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def fingerprint(certs: Path = CERTS) -> None:
     """Print the SHA-256 fingerprints of the certificates, to compare over the phone."""
@@ -400,10 +460,10 @@ def fingerprint(certs: Path = CERTS) -> None:
         raise UsageError(f"no certificates in {certs}; create them with: securechat gen-certs")
 
 
-@app.command()
+@app.command(cls=_Command)
 @friendly
 def verify(
-    paths: List[Path] = typer.Argument(..., help="Received files (or a downloads folder) to check."),
+    paths: List[Path] = typer.Argument(..., metavar="PATH...", help="Received files (or a downloads folder) to check."),
     downloads: Optional[Path] = typer.Option(None, "--downloads", help="Folder whose SHA256SUMS to check against (default: each file's own folder)."),
 ) -> None:
     """Re-check received files against the SHA-256 recorded when they arrived."""
@@ -415,7 +475,7 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def version() -> None:
     """Print the version."""
     print(__version__)

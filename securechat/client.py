@@ -13,6 +13,12 @@ files that were in flight are offered again, and the receivers' kept parts
 make that a resume. A goodbye from the server (shutdown, revoked, replaced
 by another connection with our certificate) is final: reconnecting would
 only fight it.
+
+Our name is our certificate's common name, read from our own file: a
+welcome that calls us anything else is a protocol error. Who else is here is
+tracked from welcome, joined and left, so `send --to NAME` can wait for NAME.
+Leaving (exit, end of input, the first Ctrl-C) waits for every file asked
+for, saying what it waits for; abandon() is the second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections import deque
 from pathlib import Path
 
 from . import frames
+from .certfiles import common_name
 from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from .connection import HELLO_TIMEOUT, Connection, connect
 from .console import Console, show_message
@@ -61,12 +68,16 @@ class Client:
         self.receive_files = receive_files
         self.give_up_after = give_up_after  # seconds of failed reconnecting before giving up; None: never
         self.conn: Connection | None = None
-        self.name = ""
+        # Who we are comes from our own certificate; a server that names us otherwise is lying.
+        self.name = common_name(files.cert)
+        self._presence = threading.Condition()
+        self.present: set[str] = set()  # everyone else in the room, from welcome, joined and left
         self.online = threading.Event()  # welcomed on the current connection
         self.ended = threading.Event()  # over for good: left, or lost and not reconnecting
         self._lock = threading.Lock()  # the backlog, and which connection is current
         self._backlog: deque[bytes] = deque()
         self._hello_seen = False
+        self._private_offers: dict[int, str] = {}  # transfer id -> `to` of offers relayed to us alone
         self._leaving = threading.Event()
         self.end_reason = ""
         self.ended_cleanly = False
@@ -120,6 +131,13 @@ class Client:
         if not self.online.is_set():
             self._greeting(conn, frame)
             return
+        if isinstance(frame, (frames.Joined, frames.Left)):
+            with self._presence:
+                if isinstance(frame, frames.Joined):
+                    self.present.add(frame.name)
+                else:
+                    self.present.discard(frame.name)
+                self._presence.notify_all()
         if isinstance(frame, frames.Joined):
             self._resend(self.outgoing.due([frame.name]))
         if show_message(self.console, frame) or self.outgoing.handle(frame):
@@ -134,7 +152,7 @@ class Client:
             case frames.Abort():
                 verdict = self.inbox.abort(frame.id, frame.reason)
                 if verdict is not None:
-                    verdict.report(self.console)
+                    verdict.report(self.console, **self._privacy(verdict.transfer_id))
             case frames.Bye():
                 pass
             case _:
@@ -152,20 +170,32 @@ class Client:
             return
         if not isinstance(frame, frames.Welcome):
             raise RemoteProtocolError("the server did not send welcome after hello")
-        self.name = frame.you
-        self.console.event("connected", peer=f"{self.host}:{self.port}", name=frame.you, server=frame.server,
-                           members=frame.members)
+        if frame.you != self.name:
+            raise RemoteProtocolError(f"the server calls us {frame.you!r}, but our certificate says {self.name!r}")
+        others = sorted({*frame.members, frame.server} - {self.name})
+        with self._presence:
+            self.present = set(others)
+            self._presence.notify_all()
+        self.console.event("connected", peer=f"{self.host}:{self.port}", name=self.name, server=frame.server,
+                           members=others)
         with self._lock:
             while self._backlog:  # typed while we were away: first, in order
                 conn.outbox.put_control(self._backlog.popleft())
             self.online.set()
         self._resend(self.outgoing.due(frame.members, reconnected=True))
 
+    def _privacy(self, transfer_id: int) -> dict:
+        """`to` for an event about a file the server relayed to us alone."""
+        to = self._private_offers.get(transfer_id)
+        return {"to": to} if to else {}
+
     def _offered(self, conn: Connection, offer: frames.Offer) -> None:
         sender = offer.sender or "server"
+        if offer.to:
+            self._private_offers[offer.id] = offer.to
 
         def ready(offset: int, note: str) -> None:  # on the file's writer thread
-            announce_incoming(self.console, sender, offer.name, offer.size, offset, note)
+            announce_incoming(self.console, sender, offer.name, offer.size, offset, note, **self._privacy(offer.id))
             conn.send(frames.Accept(id=offer.id, offset=offset))
 
         self._answer(conn, self.inbox.offer(offer.id, sender, offer.name, offer.size, offer.sha256, ready))
@@ -174,7 +204,8 @@ class Client:
         """Report a decided incoming transfer and tell the sender (through the server)."""
         if verdict is None:
             return
-        verdict.report(self.console)
+        verdict.report(self.console, **self._privacy(verdict.transfer_id))
+        self._private_offers.pop(verdict.transfer_id, None)
         conn.send(frames.Result(id=verdict.transfer_id, ok=verdict.ok, reason=verdict.reason[:900],
                                 sha256=verdict.sha256 if verdict.ok else None))
 
@@ -188,7 +219,11 @@ class Client:
             unsent = [f for f in conn.outbox.unsent_control if _is_chat(f)]
             self._backlog.extendleft(reversed(unsent))
         for verdict in self.inbox.close(f"connection closed: {reason}"):
-            verdict.report(self.console)
+            verdict.report(self.console, **self._privacy(verdict.transfer_id))
+        self._private_offers.clear()  # the next connection numbers its transfers afresh
+        with self._presence:
+            self.present.clear()
+            self._presence.notify_all()
         if not was_online:
             return  # connect() reports it
         if self._leaving.is_set() or clean or not self.reconnect:
@@ -210,7 +245,14 @@ class Client:
             case PrivateMessage(to=to, text=text):
                 self._say(frames.Chat(text=text, to=to))
             case SendFile(path=path, to=to):
-                threading.Thread(target=self.send_file, args=(path, to), name="send-file", daemon=True).start()
+                if to is not None and to == self.name:
+                    self.console.error(f"{to} is you: /send @NAME sends to someone else in the room")
+                    return True
+                # Asked for from now on: end of input or `exit` waits for it, although it is
+                # hashed (and offered) only later, on its own thread.
+                ticket = self.outgoing.ask(path)
+                threading.Thread(target=self.send_file, args=(path, to, None, ticket), name="send-file",
+                                 daemon=True).start()
             case Who():
                 if not self._send_now(frames.encode(frames.Who())):
                     self.console.error("not connected: /who needs the server")
@@ -246,20 +288,28 @@ class Client:
         for retry in retries:
             threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="resend", daemon=True).start()
 
-    def send_file(self, path: Path, to: str | None = None, previous: Retry | None = None) -> None:
-        with self.outgoing.slots:
-            if not self.online.is_set():
-                self.console.event("notice", text=f"not connected: {path.name} will be sent when the connection is back")
-                while not self.online.wait(0.5):
-                    if self.ended.is_set():
-                        self.console.event("file_failed", to=to, name=path.name, reason="not connected")
-                        if previous is not None:
-                            self.outgoing.unclaim()
-                        return
-            self._send_file(path, to, previous)
+    def send_file(self, path: Path, to: str | None = None, previous: Retry | None = None,
+                  ticket: int | None = None) -> None:
+        """Offer `path` and stream it; `ticket` is from outgoing.ask() when the command was handled."""
+        if ticket is None and previous is None:
+            ticket = self.outgoing.ask(path)
+        try:
+            with self.outgoing.slots:
+                if not self.online.is_set():
+                    self.console.event("notice", text=f"not connected: {path.name} will be sent when the connection is back")
+                    while not self.online.wait(0.5):
+                        if self.ended.is_set():
+                            self.console.event("file_failed", to=to, name=path.name, reason="not connected")
+                            self.outgoing.drop_ask(ticket, "not connected")
+                            if previous is not None:
+                                self.outgoing.unclaim()
+                            return
+                self._send_file(path, to, previous, ticket)
+        finally:
+            self.outgoing.drop_ask(ticket, "not sent")  # nothing, if start() registered it
 
-    def _send_file(self, path: Path, to: str | None, previous: Retry | None) -> None:
-        started = self.outgoing.start(path, to, previous)
+    def _send_file(self, path: Path, to: str | None, previous: Retry | None, ticket: int | None) -> None:
+        started = self.outgoing.start(path, to, previous, ticket)
         if started is None:
             return
         source, transfer_id = started
@@ -285,10 +335,30 @@ class Client:
         finally:
             source.close()
 
-    def leave(self) -> None:
-        """Let transfers in progress finish, say goodbye, close."""
-        if self.online.is_set():
-            self.outgoing.wait_idle()
+    def wait_for(self, name: str, timeout: float) -> bool:
+        """Until `name` is in the room (True) or `timeout` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        with self._presence:
+            while name not in self.present:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.ended.is_set():
+                    return False
+                self._presence.wait(min(left, 0.5))
+            return True
+
+    def leave(self, hint: str = "Ctrl-C to stop it; it resumes when you send it again") -> None:
+        """Let every transfer asked for finish, saying what we wait for; say goodbye, close.
+
+        A KeyboardInterrupt while waiting is the person's second thought: see abandon().
+        """
+        if self.online.is_set() and not self.outgoing.wait_idle(timeout=0.5):
+            while True:
+                waiting = self.outgoing.waiting_for()
+                if waiting:
+                    self.console.event("waiting", text=f"waiting for {'; '.join(waiting)}; {hint}")
+                if self.outgoing.wait_idle(timeout=15.0) or not self.online.is_set():
+                    break
+        self.outgoing.fail_all("you left before it could resume; it resumes when you send it again")
         self._leaving.set()
         with self._lock:
             conn = self.conn if self.online.is_set() else None
@@ -298,6 +368,17 @@ class Client:
         if conn is not None:
             conn.close("left")
             conn.join(15.0)
+        self.ended.set()
+
+    def abandon(self) -> None:
+        """Stop now (the second Ctrl-C): every unfinished file fails, and resumes when sent again."""
+        self._leaving.set()
+        self.outgoing.fail_all("stopped; it resumes from where it stopped when you send it again")
+        with self._lock:
+            conn = self.conn if self.online.is_set() else None
+        if conn is not None:
+            conn.close("left")
+            conn.join(5.0)
         self.ended.set()
 
 

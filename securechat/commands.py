@@ -1,7 +1,8 @@
-"""What a person types, turned into commands. Pure: no I/O but the input loop at the end."""
+"""What a person types, turned into commands. Pure: no I/O but the input loops at the end."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -122,3 +123,30 @@ def read_commands(stream: Iterable[str], handle: Callable[[Command], bool], on_e
             continue
         if command is not None and not handle(command):
             return
+
+
+def stdin_lines(fd: int = 0, limit: int = 1024 * 1024):
+    """Lines typed or piped in, read with os.read on the raw descriptor.
+
+    Not sys.stdin: a daemon thread blocked inside its buffered reader holds
+    the buffer's lock, and CPython aborts (SIGABRT) if the process exits then.
+    Invalid UTF-8 is replaced rather than ending the session; a line longer
+    than `limit` is passed on cut, and commands.parse refuses it as too long.
+    """
+    pending = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            if pending:
+                yield pending.decode("utf-8", "replace")
+            return
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+        if len(pending) > limit:
+            yield pending.decode("utf-8", "replace")
+            pending = b""

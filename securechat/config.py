@@ -25,6 +25,7 @@ from typing import Any
 from .errors import UsageError
 
 COMMANDS = ("serve", "join", "send", "fingerprint", "revoke", "gen-certs")
+_KIND = {str: "text in quotes", int: "a whole number"}
 _KEYS = {"certs": str, "downloads": str, "port": int, "name": str, "host": str, "max-file-size": str}
 
 
@@ -43,7 +44,7 @@ def _checked(table: dict[str, Any], where: str) -> dict[str, Any]:
         if key not in _KEYS:
             raise UsageError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(_KEYS))})")
         if not isinstance(value, _KEYS[key]) or isinstance(value, bool):
-            raise UsageError(f"{where}: {key} must be a {_KEYS[key].__name__}")
+            raise UsageError(f"{where}: {key} must be {_KIND[_KEYS[key]]}, not {value!r}")
         out[key.replace("-", "_")] = str(Path(value).expanduser()) if key in ("certs", "downloads") else value
     return out
 

@@ -7,7 +7,10 @@ sequences in chat text or file names could rewrite the terminal (croc
 CVE-2023-43620), and bidi overrides can make `exe.pdf` read as `pdf.exe`.
 `visible()` turns every control, format and bidi character into a visible
 escape such as `\\x1b` or `\\u202e`, and leaves ordinary text (Chinese,
-emoji) as itself. JSON output is ASCII-only, so it is safe to print too.
+emoji) as itself. In chat text a zero-width joiner between two emoji stays
+(`👨‍👩‍👧` is one picture, not three and two escapes); anywhere else, file
+names included, it is escaped like every other format character. JSON
+output is ASCII-only, so it is safe to print too.
 """
 
 from __future__ import annotations
@@ -17,19 +20,33 @@ import sys
 import threading
 import time
 import unicodedata
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from . import frames
 from .transfer import human_size
 
 _HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+_ZWJ = "\u200d"
+_EMOJI_MODIFIERS = {"\ufe0f", *map(chr, range(0x1F3FB, 0x1F400))}  # emoji presentation, skin tones
 
 
-def visible(text: str) -> str:
-    """`text` with every character that is not plain visible text escaped."""
+def _is_emoji(ch: str) -> bool:
+    """Close enough for joining: pictographs and symbols outside the Latin ranges, and their modifiers."""
+    return ch in _EMOJI_MODIFIERS or (ord(ch) >= 0x2100 and unicodedata.category(ch) == "So")
+
+
+def visible(text: str, emoji_sequences: bool = False) -> str:
+    """`text` with every character that is not plain visible text escaped.
+
+    With `emoji_sequences` (chat text), a zero-width joiner between two emoji
+    is kept: it cannot reorder or hide text, it only glues pictures together.
+    """
     out = []
-    for ch in text:
+    for i, ch in enumerate(text):
         if ch == " " or unicodedata.category(ch) not in _HIDDEN_CATEGORIES:
+            out.append(ch)
+        elif (emoji_sequences and ch == _ZWJ and 0 < i < len(text) - 1
+              and _is_emoji(text[i - 1]) and _is_emoji(text[i + 1])):
             out.append(ch)
         elif ord(ch) < 0x100:
             out.append(f"\\x{ord(ch):02x}")
@@ -42,14 +59,21 @@ def _short_hash(sha256: str) -> str:
     return f"{sha256[:4]}…{sha256[-4:]}"
 
 
-def _render(event: str, f: dict[str, Any]) -> str | None:
+def _render(event: str, f: dict[str, Any], chat_hints: bool = True) -> str | None:
     """The human line for an event, with every network-supplied string made visible."""
     v = {k: visible(x) if isinstance(x, str) else x for k, x in f.items()}
+    privately = f", privately to {v['to']}" if f.get("to") and event.startswith("file_") else ""
     match event:
         case "listening":
             return f"securechat server listening on {v['host']}:{v['port']} as {v['name']} (TLS 1.3, client certificates required)"
         case "connected":
-            return f"connected to {v['peer']} as {v['name']} (TLS 1.3). Type /help for commands."
+            here = ", ".join(visible(n) for n in f.get("members") or ()) or "nobody else yet"
+            hint = " Type /help for commands." if chat_hints else ""
+            return f"connected to {v['peer']} as {v['name']} (TLS 1.3). Here: {here}.{hint}"
+        case "error":
+            return f"error: {v['message']}"
+        case "waiting":
+            return f"* {v['text']}"
         case "joined":
             return f"* {v['name']} joined"
         case "left":
@@ -57,7 +81,7 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
             return f"* {v['name']} left{reason}"
         case "message":
             target = f" → {v['to']}" if v.get("to") else ""
-            return f"<{v['from']}{target}> {v['text']}"
+            return f"<{v['from']}{target}> {visible(f['text'], emoji_sequences=True)}"
         case "who":
             return "* here: " + ", ".join(visible(n) for n in f["names"])
         case "file_sending":
@@ -66,8 +90,8 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
         case "file_incoming":
             if f["offset"]:
                 return (f"← resuming {v['name']} from {v['from']} at {100 * f['offset'] // max(1, f['size'])}% "
-                        f"({human_size(f['offset'])} of {human_size(f['size'])} already here, checked)")
-            return f"← receiving {v['name']} ({human_size(f['size'])}) from {v['from']}"
+                        f"({human_size(f['offset'])} of {human_size(f['size'])} already here, checked){privately}")
+            return f"← receiving {v['name']} ({human_size(f['size'])}) from {v['from']}{privately}"
         case "file_resuming":
             return (f"→ {v['name']}: the receivers have {human_size(f['offset'])} already; "
                     f"sending the remaining {human_size(f['size'] - f['offset'])}")
@@ -75,7 +99,7 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
             who = f" to {v['to']}" if v.get("to") else ""
             return f"⏸ {v['name']}{who} interrupted ({v['reason']}); it resumes when the connection is back"
         case "file_received":
-            line = (f"✓ {v['name']} {human_size(f['size'])} from {v['from']}, "
+            line = (f"✓ {v['name']} {human_size(f['size'])} from {v['from']}{privately}, "
                     f"SHA-256 {_short_hash(f['sha256'])} verified, saved {v['path']}")
             if f.get("image"):
                 line += f" — {f['image']['type'].upper()} {f['image']['width']}×{f['image']['height']}"
@@ -83,7 +107,7 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
                 line += f" (warning: {v['warning']})"
             return line
         case "file_rejected":
-            return f"✗ {v['name']} from {v['from']} rejected: {v['reason']}"
+            return f"✗ {v['name']} from {v['from']}{privately} rejected: {v['reason']}"
         case "file_delivered":
             return f"✓ {v['name']} delivered to {v['to']}, SHA-256 {_short_hash(f['sha256'])} verified"
         case "file_failed":
@@ -100,7 +124,9 @@ def _render(event: str, f: dict[str, Any]) -> str | None:
         case "queued":
             return f"* not connected: line kept, it goes out when the connection is back ({f['waiting']} waiting)"
         case "shutdown":
-            return f"* server shutting down: {v['reason']}"
+            said = v.get("reason") or ""
+            # The server's own default reason is this very sentence: say it once.
+            return "* server shutting down" + (f": {said}" if said and said != "server shutting down" else "")
         case "help":
             return f["text"]
         case "picture":
@@ -113,13 +139,17 @@ class Console:
     """Prints events; safe to call from any thread."""
 
     def __init__(self, json_mode: bool = False, out: TextIO | None = None, err: TextIO | None = None,
-                 preview: bool = False, open_images: bool = False) -> None:
+                 preview: bool = False, open_images: bool = False, chat_hints: bool = True) -> None:
         self.json_mode = json_mode
+        self.chat_hints = chat_hints  # off for one-shot `send`: nobody types commands there
         self.preview = preview and not json_mode  # pictures in a JSON stream would break it
         self.open_images = open_images
         self._out = out or sys.stdout
         self._err = err or sys.stderr
         self._lock = threading.Lock()
+        # A line redrawn in place on a terminal (send's progress) is wiped before each event
+        # line, under the same lock, so the two never end up on one line; it is redrawn later.
+        self.wipe_status: Callable[[], None] | None = None
 
     def event(self, event: str, **fields: Any) -> None:
         self._print_event(event, fields)
@@ -149,12 +179,14 @@ class Console:
             line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, ensure_ascii=True)
             stream = self._out
         else:
-            line = _render(event, fields)
+            line = _render(event, fields, self.chat_hints)
             if line is None:
                 return
             stream = self._out
         with self._lock:
             try:
+                if self.wipe_status is not None:
+                    self.wipe_status()
                 stream.write(line + "\n")
                 stream.flush()
             except (BrokenPipeError, ValueError):
@@ -167,6 +199,8 @@ class Console:
             return
         with self._lock:
             try:
+                if self.wipe_status is not None:
+                    self.wipe_status()
                 self._err.write(f"error: {visible(message)}\n")
                 self._err.flush()
             except (BrokenPipeError, ValueError):

@@ -35,11 +35,12 @@ class Verdict:
     size: int = 0
     sha256: str | None = None
 
-    def report(self, console: Console) -> None:
+    def report(self, console: Console, **extra_fields) -> None:
+        """`extra_fields` (e.g. `to` for a file sent to us alone) go into the event as they are."""
         if self.ok:
             assert self.path is not None
             info = sniff(self.path)  # by content: the name is the sender's claim
-            extra = {}
+            extra = dict(extra_fields)
             if info is not None:
                 extra["image"] = {"type": info.kind, "width": info.width, "height": info.height}
             warning = extension_mismatch(self.name, info)
@@ -48,14 +49,15 @@ class Verdict:
             console.event("file_received", **{"from": self.sender}, name=self.name, path=str(self.path),
                           size=self.size, sha256=self.sha256, **extra)
         else:
-            console.event("file_rejected", **{"from": self.sender}, name=self.name, reason=self.reason)
+            console.event("file_rejected", **{"from": self.sender}, name=self.name, reason=self.reason, **extra_fields)
 
 
-def announce_incoming(console: Console, sender: str, name: str, size: int, offset: int, note: str) -> None:
+def announce_incoming(console: Console, sender: str, name: str, size: int, offset: int, note: str,
+                      **extra_fields) -> None:
     """A file starts arriving (or resumes, from `offset`)."""
     if note:
         console.event("notice", text=note)
-    console.event("file_incoming", **{"from": sender}, name=name, size=size, offset=offset)
+    console.event("file_incoming", **{"from": sender}, name=name, size=size, offset=offset, **extra_fields)
 
 
 class Inbox:

@@ -24,6 +24,7 @@ from prompt_toolkit.completion import Completer, PathCompleter, WordCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import ANSI
 from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.patch_stdout import patch_stdout
 from rich.console import Console as RichConsole
 from rich.progress_bar import ProgressBar
@@ -31,6 +32,8 @@ from rich.progress_bar import ProgressBar
 from .console import Console, _render, visible
 from .transfer import human_size
 
+# A progress bar: key, (file name, "to"/"from", names), bytes done, size, arrow.
+Row = tuple[str, tuple[str, str, list[str]], int, int, str]
 _COLOURS = [31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96]
 _RESET = "\x1b[0m"
 COMMAND_WORDS = ["/send", "/msg", "/who", "/help", "/quit", "SEND_IMAGE", "exit"]
@@ -51,7 +54,7 @@ class InteractiveConsole(Console):
             return
         if event == "message":
             target = f" → {colour(fields['to'])}" if fields.get("to") else ""
-            line = f"<{colour(fields['from'])}{target}> {visible(fields['text'])}"
+            line = f"<{colour(fields['from'])}{target}> {visible(fields['text'], emoji_sequences=True)}"
         elif event in ("file_received", "file_delivered"):
             line = f"\x1b[32m{line[0]}\x1b[0m{line[1:]}"
         elif event in ("file_rejected", "file_failed", "error"):
@@ -67,7 +70,7 @@ class InteractiveConsole(Console):
             sys.stdout.flush()
 
     def error(self, message: str) -> None:
-        self._print_event("error", {"message": f"error: {message}"})
+        self._print_event("error", {"message": message})
 
 
 class ChatCompleter(Completer):
@@ -95,14 +98,16 @@ class ChatCompleter(Completer):
 class ProgressView:
     """Renders the bars for the transfers in flight, with speed and time left."""
 
-    def __init__(self, sources: list[Callable[[], list[tuple[str, str, int, int, str]]]]) -> None:
+    def __init__(self, sources: list[Callable[[], list[Row]]]) -> None:
         self._sources = sources
         self._seen: dict[str, tuple[float, int, float]] = {}  # key -> (time, bytes, bytes/s)
 
     def _speed(self, key: str, done: int) -> float:
         now = time.monotonic()
         last = self._seen.get(key)
-        if last is None:
+        if last is None or (last[1] == 0 and done > 0):
+            # A resumed transfer jumps from 0 to its offset at once: those bytes were
+            # already there, so the speed is measured from the first count above 0.
             self._seen[key] = (now, done, 0.0)
             return 0.0
         then, before, speed = last
@@ -126,28 +131,52 @@ class ProgressView:
             rich.print(ProgressBar(total=max(total, 1), completed=done, width=20), end="")
             percent = 100 * done / total if total else 100
             eta = f"{(total - done) / speed:3.0f} s left" if speed > 0 else "       ..."
-            size = f" ({human_size(total)})"
-            label = visible(label)[: 28 - len(size)] + size  # cut the name, never the size
+            label = fit_label(*label, f" ({human_size(total)})", 28)
             # 80 columns: arrow, label, bar, percent, speed, time left.
             lines.append(f"{arrow} {label:<28} {out.getvalue()} {percent:3.0f}% {human_size(int(speed)) + '/s':>11} {eta}")
         return ANSI("\n".join(lines))
 
 
+def _people(n: int) -> str:
+    return "1 person" if n == 1 else f"{n} people"
+
+
+def fit_label(name: str, preposition: str, names: list[str], size: str, width: int) -> str:
+    """`photo.jpg to bob, carol (1.2 MB)` in at most `width` columns.
+
+    The size is never cut and a name in the list is shown whole or counted
+    (`bob +2`); only the file name is shortened, with an ellipsis.
+    """
+    name, names = visible(name), [visible(n) for n in names]
+    for shown in range(len(names), -1, -1):
+        hidden = len(names) - shown
+        who = ", ".join(names[:shown]) + (f" +{hidden}" if hidden and shown else _people(hidden) if hidden else "")
+        tail = f" {preposition} {who or '…'}{size}"
+        room = width - len(tail)
+        if room >= min(len(name), 8):
+            break
+    if len(name) > room:
+        name = name[: max(room - 1, 1)] + "…"
+    return name + tail
+
+
 class Prompt:
     """The input line. `lines()` yields what is typed; `stop()` (any thread) ends it."""
 
-    def __init__(self, rows: list[Callable[[], list[tuple[str, str, int, int, str]]]]) -> None:
+    def __init__(self, rows: list[Callable[[], list[Row]]]) -> None:
         self.session: PromptSession = PromptSession(
             history=InMemoryHistory(), completer=ChatCompleter(), complete_while_typing=False,
-            bottom_toolbar=ProgressView(rows).render, refresh_interval=0.25,
+            bottom_toolbar=ProgressView(rows).render, refresh_interval=0.25, key_bindings=_shell_keys(),
         )
         self._stopped = threading.Event()
+        self.interrupted = False  # ended by Ctrl-C (not `exit` or Ctrl-D)
 
     def lines(self) -> Iterator[str]:
         """Typed lines until Ctrl-D (end of input) or stop(); printing elsewhere goes above the prompt.
 
-        prompt_toolkit reads Ctrl-C as a key, so no SIGINT reaches us: it is
-        turned into the line `/quit`, which leaves (join) or shuts down (serve).
+        prompt_toolkit reads Ctrl-C as a key, so no SIGINT reaches us: on a
+        half-typed line it clears the line, as in a shell; on an empty line it
+        is turned into the line `/quit`, which leaves (join) or shuts down (serve).
         """
         with patch_stdout(raw=True):
             while not self._stopped.is_set():
@@ -156,6 +185,7 @@ class Prompt:
                 except EOFError:
                     return
                 except KeyboardInterrupt:
+                    self.interrupted = True
                     yield "/quit"
                     return
 
@@ -167,13 +197,27 @@ class Prompt:
             loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()) if app.is_running else None)
 
 
-def progress_rows(inbox, outgoing) -> Callable[[], list[tuple[str, str, int, int, str]]]:
+def _shell_keys() -> KeyBindings:
+    keys = KeyBindings()
+
+    @keys.add("c-c")
+    def _(event) -> None:
+        buffer = event.app.current_buffer
+        if buffer.text:
+            buffer.reset()
+        else:
+            event.app.exit(exception=KeyboardInterrupt())
+
+    return keys
+
+
+def progress_rows(inbox, outgoing) -> Callable[[], list[Row]]:
     """A progress source over one participant's incoming and outgoing transfers."""
 
-    def rows() -> list[tuple[str, str, int, int, str]]:
-        incoming = [(f"in{tid}", f"{name} from {sender}", done, size, "↓")
+    def rows() -> list[Row]:
+        incoming = [(f"in{tid}", (name, "from", [sender]), done, size, "↓")
                     for tid, name, sender, done, size in inbox.progress()]
-        outgoing_rows = [(f"out{tid}", f"{name} to {', '.join(to) or '…'}", done, size, "↑")
+        outgoing_rows = [(f"out{tid}", (name, "to", to), done, size, "↑")
                          for tid, name, to, done, size in outgoing.progress()]
         return incoming + outgoing_rows
 

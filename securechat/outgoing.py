@@ -4,7 +4,9 @@ The server answers each offer with the list of recipients, then with the
 offset to send from (`accept`: recipients may hold part of the file from an
 interrupted attempt), then relays one Result per recipient. A transfer is
 finished when every named recipient has answered (or the connection is gone);
-`wait_idle` lets `exit` wait for that.
+`wait_idle` lets `exit` wait for that. A file counts from the moment its
+command is handled (`ask`), not from when its hash is ready, so a script that
+pipes `/send` and ends its input never leaves before its file is offered.
 
 A transfer cut short by a dropped connection, ours or a recipient's, becomes
 a Retry: offered again, to that recipient only, when it is back (our own
@@ -66,16 +68,40 @@ class Outgoing:
         self._transfers: dict[int, Sending] = {}
         self._retries: list[Retry] = []
         self._claimed = 0  # retries handed out by due() whose transfer has not started yet
+        # Files asked for (a /send was handled) that are still being hashed or wait for a
+        # slot: `exit` and end of input must wait for these too, not only registered ones.
+        self._asked: dict[int, Path] = {}
+        self._asked_ids = itertools.count(1)
+        self.unsent: list[tuple[str, str]] = []  # (file, reason) asked for but never offered
         self._ids = itertools.count(1)
         self.finished: list[Sending] = []
 
-    def start(self, path: Path, to: str | None = None, previous: Retry | None = None) -> tuple[FileSource, int] | None:
+    def ask(self, path: Path) -> int:
+        """Count a file as asked for the moment its command is handled; pass the ticket to start()."""
+        with self._cond:
+            ticket = next(self._asked_ids)
+            self._asked[ticket] = path
+            return ticket
+
+    def drop_ask(self, ticket: int | None, reason: str | None = None) -> None:
+        """An asked-for file will not be offered after all (`reason` says why, None: it was)."""
+        if ticket is None:
+            return
+        with self._cond:
+            path = self._asked.pop(ticket, None)
+            if path is not None and reason is not None:
+                self.unsent.append((path.name, reason))
+            self._cond.notify_all()
+
+    def start(self, path: Path, to: str | None = None, previous: Retry | None = None,
+              ticket: int | None = None) -> tuple[FileSource, int] | None:
         """Open and hash a file to send and give it an id; a file that cannot be read is reported, None."""
         try:
             source = FileSource(path)
             sha256 = source.sha256
         except (UsageError, TransferError) as exc:
             self._console.error(str(exc))
+            self.drop_ask(ticket, str(exc))
             if previous is not None:
                 self.unclaim()
             return None
@@ -87,6 +113,7 @@ class Outgoing:
                                                    source=source)
             if previous is not None:
                 self._claimed -= 1
+            self._asked.pop(ticket, None)  # now a registered transfer: counted there
         return source, transfer_id
 
     def unclaim(self) -> None:
@@ -211,10 +238,33 @@ class Outgoing:
         with self._cond:
             ids = list(self._transfers)
             retries, self._retries = self._retries, []
+            for retry in retries:
+                self.finished.append(Sending(0, retry.name, 0, retry.path, retry.to, failed=[(retry.to, reason)]))
+            self._cond.notify_all()
         for transfer_id in ids:
             self.fail(transfer_id, reason)
         for retry in retries:
             self._console.event("file_failed", to=retry.to, name=retry.name, reason=reason)
+
+    def failures(self) -> list[str]:
+        """Every file asked for that did not reach a recipient verified, with the reason."""
+        with self._cond:
+            failed = [f"{s.name} to {who or 'anyone'}: {reason}" for s in self.finished for who, reason in s.failed]
+            # Still asked-for once we stopped waiting: never offered, so certainly not delivered.
+            unsent = self.unsent + [(path.name, "not sent") for path in self._asked.values()]
+            return failed + [f"{name}: {reason}" for name, reason in unsent]
+
+    def waiting_for(self) -> list[str]:
+        """What `exit` waits for, in words: `big.bin to bob (45 %)`, one per file."""
+        with self._cond:
+            out = []
+            for s in self._transfers.values():
+                sent = getattr(s.source, "sent", 0)
+                percent = 100 * sent // s.size if s.size else 100
+                who = ", ".join(sorted(s.pending)) if s.pending else (s.to or "the room")
+                out.append(f"{s.name} to reach {who} ({percent} %)")
+            out += [f"{path.name} (being read)" for path in self._asked.values()]
+            return out
 
     def interrupt_all(self, reason: str) -> None:
         """Our connection dropped: every transfer still open waits to be offered again."""
@@ -253,7 +303,7 @@ class Outgoing:
         """Block until no transfer is waiting for a verdict (and, with `retries`, none for a resume)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._transfers or (retries and (self._retries or self._claimed)):
+            while self._transfers or self._asked or (retries and (self._retries or self._claimed)):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False

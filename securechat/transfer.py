@@ -76,14 +76,19 @@ class Downloads:
             self._partials.close()
         os.close(self._fd)
 
-    def check_room(self, size: int) -> None:
-        """Refuse a declared size before a single byte is written."""
+    def check_room(self, size: int, kept: int = 0) -> None:
+        """Refuse a file of `size` bytes before a single byte is written.
+
+        The size limit is on the whole file, however much of it a kept partial
+        holds already; the disk needs room only for the `size - kept` bytes to come.
+        """
         if self.max_file_size is not None and size > self.max_file_size:
             raise TransferError(f"file of {human_size(size)} exceeds the limit of {human_size(self.max_file_size)}")
         st = os.fstatvfs(self._fd)
         free = st.f_bavail * st.f_frsize
-        if size > free - FREE_SPACE_RESERVE:
-            raise TransferError(f"not enough free space for {human_size(size)} ({human_size(free)} free)")
+        if size - kept > free - FREE_SPACE_RESERVE:
+            raise TransferError(f"not enough free space for {human_size(size)} "
+                                f"({human_size(size - kept)} still to come, {human_size(free)} free)")
 
     @property
     def partials(self) -> PartialStore:
@@ -135,7 +140,7 @@ class IncomingFile:
         self.sha256 = sha256
         self.partial = downloads.partials.open(sender, self.name, size, sha256)
         try:
-            downloads.check_room(size - self.partial.sidecar.done)
+            downloads.check_room(size, kept=self.partial.sidecar.done)
         except TransferError:
             self.partial.release() if self.partial.sidecar.done else self.partial.remove()
             raise

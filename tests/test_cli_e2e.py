@@ -175,7 +175,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, pki, other_pki):
         (["join", "127.0.0.1", "--certs", str(pki)], "--name"),
         (["join", "127.0.0.1", "--certs", str(pki), "--name", "nobody"], "not found"),
         (["serve", "--certs", str(tmp_path / "none"), "--port", "0"], "not found"),
-        (["verify", str(tmp_path / "nothing.jpg")], "unknown"),
+        (["verify", str(tmp_path / "nothing.jpg")], "no such file"),
         (["gen-certs", "--out", str(tmp_path / "c"), "--client", "bad name"], "client name"),
     ]
     for args, expected in cases:

@@ -71,6 +71,38 @@ def test_ctrl_c_at_the_operator_prompt_shuts_the_server_down(pki, tmp_path, proc
         term.kill()
 
 
+def test_ctrl_c_clears_a_half_typed_line_and_quits_on_an_empty_one(room, person):
+    term = person()
+    type_keys(term, "never sent")
+    term.wait_for("> never sent")
+    type_keys(term, "C-c")
+    deadline = time.monotonic() + 10
+    while [l for l in term.screen().splitlines() if l.startswith(">")][-1].rstrip() != ">":
+        assert time.monotonic() < deadline, term.screen()
+        time.sleep(0.05)
+    type_keys(term, "still here", "Enter")
+    room.server.wait_event("message", **{"from": "carol", "text": "still here"})
+    type_keys(term, "C-c")
+    term.wait_for("[exited 0]")
+    room.server.wait_event("left", name="carol")
+    assert room.server.count("message", text="never sent") == 0
+
+
+def test_exit_during_an_upload_says_what_it_waits_for_and_ctrl_c_stops_it(room, person, tmp_path, raw_client):
+    dave = raw_client(room.port, "dave")  # takes the offer and never accepts: carol's upload stays in flight
+    dave.hello()
+    room.server.wait_event("joined", name="dave")
+    (tmp_path / "upload.bin").write_bytes(os.urandom(100_000))
+    term = person()
+    type_keys(term, f"/send @dave {tmp_path / 'upload.bin'}", "Enter")
+    term.wait_for("sending upload.bin")
+    type_keys(term, "C-c")  # on an empty line: leave, which waits for the upload
+    term.wait_for("waiting for upload.bin to reach dave (0 %); Ctrl-C again to stop it, it resumes when you send it again")
+    type_keys(term, "C-c")
+    screen = term.wait_for("[exited 130]")
+    assert "upload.bin not delivered to dave: stopped; it resumes" in screen
+
+
 def test_tab_completes_a_path_after_send(room, person, tmp_path):
     (tmp_path / "holiday-photo.jpg").write_bytes(b"\xff\xd8\xff" + b"x" * 100)
     term = person()

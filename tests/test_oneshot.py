@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
+import select
+import signal
 import subprocess
+import time
 
 from conftest import securechat_command
 
@@ -48,12 +52,45 @@ def test_send_to_one_and_a_line(room, pki, tmp_path):
     assert bob.count("file_received") == 0 and bob.count("message", text="see the note") == 0
 
 
-def test_send_fails_loudly_when_nobody_gets_it(room, pki, tmp_path):
+def test_send_to_someone_absent_with_wait_0_fails_at_once_in_one_line(room, pki, tmp_path):
     (tmp_path / "x.bin").write_bytes(b"x")
-    result = run(["send", "127.0.0.1", "x.bin", "--to", "nobody", "--port", str(room.port), "--certs", str(pki),
+    result = run(["send", "127.0.0.1", "x.bin", "--to", "bob", "--wait", "0", "--port", str(room.port),
+                  "--certs", str(pki), "--name", "alice"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: nobody named 'bob' is here; nothing was sent "
+                                          "(--wait SECONDS waits for them to join)"]
+    assert "sending" not in result.stdout
+
+
+def test_send_to_yourself_says_so(room, pki, tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"x")
+    result = run(["send", "127.0.0.1", "x.bin", "--to", "alice", "--port", str(room.port), "--certs", str(pki),
                   "--name", "alice"], tmp_path)
     assert result.returncode == 1
-    assert "not delivered: x.bin" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert len(result.stderr.splitlines()) == 1 and "--to alice is you" in result.stderr
+
+
+def test_send_waits_for_the_recipient_to_join(room, pki, tmp_path, procs):
+    data = os.urandom(50_000)
+    (tmp_path / "x.bin").write_bytes(data)
+    sender = procs(["send", "127.0.0.1", "x.bin", "--to", "bob", "-m", "here it is", "--port", str(room.port),
+                    "--certs", str(pki), "--name", "alice", "--json"], tmp_path)
+    waiting = sender.wait_event("waiting", name="bob")
+    assert "waiting for bob to join (up to 10 min" in waiting["text"]
+    bob = room.join("bob")
+    assert sender.wait_exit(60) == 0, "".join(sender.stderr_lines)
+    assert bob.wait_event("file_received", name="x.bin")["sha256"] == hashlib.sha256(data).hexdigest()
+    bob.wait_event("message", text="here it is")
+    assert sender.count("waiting") == 1  # one line while waiting
+
+
+def test_send_gives_up_waiting_after_wait_seconds(room, pki, tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"x")
+    result = run(["send", "127.0.0.1", "x.bin", "--to", "bob", "--wait", "1", "--port", str(room.port),
+                  "--certs", str(pki), "--name", "alice"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: bob did not join within 1 s; nothing was sent"]
+    assert room.server.count("file_received") == 0
 
 
 def test_fingerprint_matches_gen_certs(tmp_path):
@@ -86,3 +123,45 @@ def test_environment_and_config_file_supply_defaults_and_flags_win(room, pki, tm
     config.write_text('colour = "blue"\n')
     unknown = run(["fingerprint"], tmp_path, env=env)
     assert unknown.returncode == 1 and "unknown setting 'colour'" in unknown.stderr
+
+
+def _read_until(fd: int, wanted: bytes, timeout: float = 20) -> bytes:
+    """What a terminal showed, read until `wanted` appears (or the writer closes it)."""
+    shown = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in shown:
+        assert time.monotonic() < deadline, shown
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # EIO: every writer has closed the terminal
+                return shown
+            if not data:
+                return shown
+            shown += data
+    return shown
+
+
+def test_one_shot_progress_on_a_terminal_and_ctrl_c_says_it_resumes(room, pki, tmp_path, raw_client):
+    dave = raw_client(room.port, "dave")  # takes the offer and never accepts: the upload stays in flight
+    dave.hello()
+    room.server.wait_event("joined", name="dave")
+    (tmp_path / "big.bin").write_bytes(os.urandom(100_000))
+    controller, terminal = pty.openpty()
+    sender = subprocess.Popen(securechat_command() + ["send", "127.0.0.1", "big.bin", "--to", "dave", "--port",
+                                                      str(room.port), "--certs", str(pki), "--name", "alice"],
+                              cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    try:
+        shown = _read_until(controller, "↑ big.bin   0% of 100.0 KB".encode())
+        sender.send_signal(signal.SIGINT)
+        assert sender.wait(20) == 130
+        shown += _read_until(controller, b"resumes where it stopped")
+        assert b"error: stopped: big.bin not delivered; sending it again resumes where it stopped" in shown
+        assert b"Type /help" not in sender.stdout.read()
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait(10)
+        sender.stdout.close()
+        os.close(controller)
