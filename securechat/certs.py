@@ -207,6 +207,18 @@ def load_key(path: Path, passphrase: bytes | None = None):
         raise CertificateError(f"{path} is not a PEM private key") from exc
 
 
+def load_ca(layout: CertsLayout, passphrase: bytes | None, action: str):
+    """The CA certificate and key; a folder with ca.pem but no ca.key is a client's or a server's copy."""
+    if layout.ca_cert.exists() and not layout.ca_key.exists():
+        # Said this way because the old hint ("create it with gen-certs") made a
+        # client try to become a CA of its own.
+        raise CertificateError(
+            f"{layout.root} holds no CA key ({layout.ca_key.name}), so it cannot {action}: "
+            f"certificates are issued and revoked on the machine that holds the CA key, by the server's operator"
+        )
+    return load_cert(layout.ca_cert), load_key(layout.ca_key, passphrase)
+
+
 @dataclass(frozen=True)
 class Issued:
     """One certificate gen-certs made or kept, for the report it prints."""
@@ -243,7 +255,7 @@ def generate(out: Path, clients: list[str], server_names: list[str], days: int =
     report: list[Issued] = []
 
     if layout.ca_cert.exists() or layout.ca_key.exists():
-        ca_cert, ca_key = load_cert(layout.ca_cert), load_key(layout.ca_key, ca_passphrase)
+        ca_cert, ca_key = load_ca(layout, ca_passphrase, "issue certificates")
         report.append(_issued("CA", ca_cert, layout.ca_cert, layout.ca_key, created=False))
     else:
         ca_cert, ca_key = create_ca()

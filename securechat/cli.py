@@ -319,6 +319,8 @@ def join(
     if not client.ended.is_set():
         client.leave()
         return
+    if client.failure is not None:
+        raise client.failure  # e.g. revoked: its own line, not "connection lost"
     if not client.ended_cleanly:
         _fail(f"connection to {host}:{port} lost: {client.end_reason}")
 
