@@ -107,7 +107,8 @@ class Client:
                 raise _failure(_end_kind(conn, self._bye), f"{self.host}:{self.port}", self.end_reason)
             if time.monotonic() > deadline:
                 conn.close("no welcome", send_bye=False)
-                raise ConnectionFailed(f"cannot join {self.host}:{self.port}: no answer to hello within {HELLO_TIMEOUT:.0f} s")
+                raise ConnectionFailed(f"cannot join {self.host}:{self.port}: no answer to hello within {HELLO_TIMEOUT:.0f} s",
+                                       FailureKind.TIMEOUT)
 
     def _reconnect(self, reason: str) -> None:
         delay, attempt, since = RECONNECT_FIRST, 0, time.monotonic()
