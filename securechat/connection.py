@@ -92,11 +92,11 @@ def connect(host: str, port: int, context: ssl.SSLContext, timeout: float = HAND
     except OSError as exc:
         raise ConnectionFailed(f"cannot connect to {where}: {exc.strerror or exc}", FailureKind.UNREACHABLE) from exc
     tune_socket(raw)
+    sock = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)  # takes over raw's fd
     try:
-        sock = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
         tls_handshake(sock, timeout)
     except ConnectionFailed as exc:
-        raw.close()
+        sock.close()
         cause = exc.__cause__
         if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in _NAME_MISMATCH:
             # Only the server's operator holds the CA key that can fix this.

@@ -22,19 +22,20 @@ import time
 from pathlib import Path
 
 from . import frames
+from .admission import (BYE_CERTIFICATE, BYE_REVOKED, REVOKED_REASON, Admissions, Refusal, close_gently, send_refusal,
+                        source_key)
 from .certfiles import CertsLayout, common_name
 from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from .connection import Connection, tls_handshake, tune_socket
 from .console import Console, show_message
-from .errors import CertificateError, ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError, TransferError, UsageError
+from .errors import (CertificateError, ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError, TransferError,
+                     UsageError)
+from .identity import client_certificate_problem, name_problem
 from .inbox import Inbox, Verdict, announce_incoming
 from .outbox import STALL_TIMEOUT
 from .outgoing import Outgoing, Retry
-from .room import Participant, Pause, Relay, Room
-from .admission import (BYE_CERTIFICATE, BYE_REVOKED, REVOKED_REASON, Admissions, Refusal, close_gently, send_refusal,
-                        source_key)
-from .identity import client_certificate_problem, name_problem
 from .revocation import revoked_serials
+from .room import Participant, Pause, Relay, Room
 from .tls import peer_identity, server_context
 from .transfer import Downloads
 
@@ -369,6 +370,7 @@ class Server:
                 revoked = revoked_serials(CertsLayout(self.certs).crl)
                 context = server_context(self.certs)
             except SecureChatError as exc:
+                self._crl_stamp = stamp  # said once per change of the file, not at every handshake
                 self.console.error(f"keeping the previous CRL: {exc}")
                 return self._revoked
             self._crl_stamp, self.context, self._revoked = stamp, context, revoked
@@ -424,28 +426,36 @@ class Server:
         session.conn.start()
 
     def _handshake(self, raw: socket.socket) -> tuple[ssl.SSLSocket, str] | Refusal:
-        """The TLS handshake, then every check OpenSSL does not do: (sock, name), or a Refusal (sent)."""
+        """The TLS handshake and the checks after it: (sock, name) to admit, or a Refusal (already sent)."""
         tune_socket(raw)
         sock = self.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         try:
             tls_handshake(sock)
+            name, problem, code = self._check_peer(sock)
         except (SecureChatError, OSError):
             close_gently(sock)  # so the TLS alert OpenSSL sent is read, not lost to a reset
             raise
-        problem, code = None, BYE_CERTIFICATE
-        try:
-            name = peer_identity(sock)
-        except CertificateError as exc:
-            name, problem = "?", str(exc)
-        serial = int(sock.getpeercert()["serialNumber"], 16)
-        if serial in self._reload_crl_if_changed():  # the CRL on disk now, not when the context was made
-            problem, code = REVOKED_REASON, BYE_REVOKED
-        problem = (problem or client_certificate_problem(sock.getpeercert(binary_form=True) or b"")
-                   or name_problem(name, self.operator.name))
         if problem is None:
             return sock, name
         send_refusal(sock, problem, code, SOFTWARE)
         return Refusal(name, problem)
+
+    def _check_peer(self, sock: ssl.SSLSocket) -> tuple[str, str | None, str]:
+        """What OpenSSL does not check: the CRL on disk now, the certificate's profile, the name.
+
+        Returns (name, the reason to refuse or None, the bye code for it)."""
+        serial = int(sock.getpeercert()["serialNumber"], 16)
+        try:
+            name = peer_identity(sock)
+        except CertificateError as exc:
+            name, problem = "?", str(exc)
+        else:
+            problem = None
+        if serial in self._reload_crl_if_changed():  # not the CRL the context was made with: it may be older
+            return name, REVOKED_REASON, BYE_REVOKED
+        problem = (problem or client_certificate_problem(sock.getpeercert(binary_form=True) or b"")
+                   or name_problem(name, self.operator.name))
+        return name, problem, BYE_CERTIFICATE
 
     def forget(self, session: Session) -> None:
         with self._lock:

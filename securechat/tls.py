@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .certfiles import CertsLayout
+from .der import DERError, pem_blocks
 from .errors import CertificateError, FailureKind, UsageError
 from .frames import ALPN_PROTOCOL
 from .identity import client_certificate_problem
@@ -115,8 +116,6 @@ def client_context(files: ClientFiles) -> ssl.SSLContext:
 
 def _check_own_certificate(cert: Path) -> None:
     """Refuse here, with the file's name, what the server would refuse with a bare TLS alert."""
-    from .der import DERError, pem_blocks  # after load_cert_chain: the file is a readable PEM
-
     try:
         blocks = pem_blocks(cert.read_text(encoding="ascii", errors="replace"), "CERTIFICATE")
     except (OSError, DERError) as exc:

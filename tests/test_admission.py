@@ -19,7 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securechat import frames
+from securechat.admission import Admissions, source_key
 from securechat.certs import CertsLayout, _build, generate, load_cert, load_key, new_key
+from securechat.client import _is_final
+from securechat.errors import REVOKED_MESSAGE, ConnectionFailed, FailureKind
 from securechat.revocation import revoke
 from securechat.tls import ClientFiles, client_context
 from test_tls import presenting
@@ -243,3 +246,39 @@ def test_a_client_revoked_just_before_it_connects_never_joins(make_room, tmp_pat
     assert all("revoked" in e["reason"] for e in room.server.events if e.get("event") == "refused")
     assert room.server.count("joined") == 0
     print("revoked clients learnt it by:", {k: outcomes.count(k) for k in set(outcomes)})
+
+
+# --------------------------------------------------------------------------- the rules, without sockets
+
+
+def test_handshake_slots_are_capped_per_source_and_in_total():
+    slots = Admissions(total=20, per_source=16)
+    assert all(slots.enter("127.0.0.2") is None for _ in range(16))
+    assert "from this address" in slots.enter("127.0.0.2")
+    assert all(slots.enter("127.0.0.3") is None for _ in range(4))
+    assert "more than 20" in slots.enter("127.0.0.1")  # the total still holds
+    slots.leave("127.0.0.2")
+    assert slots.enter("127.0.0.1") is None  # a slot freed by one source serves another
+    assert "from this address" in slots.enter("127.0.0.2") or "more than 20" in slots.enter("127.0.0.2")
+
+
+def test_refusals_over_the_cap_are_reported_once_a_second_per_source():
+    slots = Admissions()
+    assert slots.should_report("a", 100.0) and not slots.should_report("a", 100.5)
+    assert slots.should_report("b", 100.5) and slots.should_report("a", 101.0)
+
+
+@pytest.mark.parametrize("host,key", [
+    ("127.0.0.2", "127.0.0.2"), ("::ffff:10.0.0.1", "10.0.0.1"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"), ("2001:db8:1:2:bbbb::9%eth0", "2001:db8:1:2::/64"),
+])
+def test_an_ipv6_source_is_its_slash_64(host, key):
+    assert source_key(host) == key
+
+
+def test_retrying_is_decided_by_the_kind_not_the_text():
+    assert not _is_final(ConnectionFailed("connection lost during the TLS handshake: certificate", FailureKind.LOST))
+    assert not _is_final(ConnectionFailed("connection refused", FailureKind.REFUSED))
+    assert _is_final(ConnectionFailed(REVOKED_MESSAGE, FailureKind.REVOKED))
+    assert _is_final(ConnectionFailed("name taken", FailureKind.CERTIFICATE))
+    assert _is_final(ConnectionFailed("version 3", FailureKind.PROTOCOL))
