@@ -154,6 +154,9 @@ def test_revoked_client_is_dropped_and_refused_on_its_next_connection(make_room,
                            cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert again.returncode == 1
     assert again.stderr == REVOKED_LINE
+    # Dropping alice reloaded the server's TLS context, so this one met OpenSSL's CRL check:
+    # the client learnt it from the certificate_revoked alert (the bye path: test_admission.py).
+    assert "certificate rejected" in room.server.wait_event("refused")["reason"]
     assert '"reconnecting"' not in again.stdout and '"connected"' not in again.stdout
     assert room.server.count("joined", name="alice") == 1  # the first time only
     bob.send("bob is unaffected")
