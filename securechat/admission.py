@@ -9,6 +9,12 @@ Caps: a connection holds a slot from accept() until its TLS handshake ends
 total, so that one address cannot fill the server with silent connections
 and lock members out; a connection over either cap is closed at once.
 
+After the handshake, `check_peer` compares the serial with the CRL as it is on
+disk at that moment (CrlInForce: a stat, a re-read when it changed), because
+the context the handshake used may hold an older one: a client revoked just
+before it connected got in for 20 ms that way (issue 11). Then the profile and
+the name (identity.py).
+
 A refused peer that did finish the handshake is told why in the protocol's
 own terms, hello then `bye` with a code, because in TLS 1.3 the client's
 handshake completes before the server has looked at its certificate: a bare
@@ -25,7 +31,14 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pathlib import Path
+
 from . import frames
+from .certfiles import CertsLayout
+from .errors import CertificateError
+from .identity import client_certificate_problem, name_problem
+from .revocation import revoked_serials
+from .tls import peer_identity, server_context
 
 MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections at once; more are refused at accept
 MAX_HANDSHAKES_PER_SOURCE = 16  # of those, from one address (IPv6: one /64)
@@ -137,3 +150,58 @@ class Admissions:
                 self._reported.clear()
             self._reported[source] = now
             return True
+
+
+class CrlInForce:
+    """The CRL as it is on disk: in OpenSSL's context for new handshakes, and as serials for the check after one.
+
+    `refresh()` costs a stat unless the file changed. The stamp is taken before
+    the file is read, so a CRL rewritten while it is read is read again next time.
+    """
+
+    def __init__(self, certs: Path) -> None:
+        self.crl = CertsLayout(certs).crl
+        self.certs = certs
+        self._lock = threading.Lock()
+        self._stamp = self._current_stamp()
+        self.context = server_context(certs)
+        self.revoked = revoked_serials(self.crl)
+
+    def _current_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.crl.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> bool:
+        """Re-read the CRL if the file changed; True if it did. CertificateError (once per change) if unusable."""
+        with self._lock:
+            stamp = self._current_stamp()
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp  # an unusable file is reported once, not at every handshake
+            revoked, context = revoked_serials(self.crl), server_context(self.certs)
+            self.revoked, self.context = revoked, context
+            return True
+
+
+def check_peer(sock: ssl.SSLSocket, revoked: frozenset[int], operator: str) -> tuple[str, str | None, str]:
+    """What OpenSSL does not check: `revoked` (the CRL on disk now), the certificate's profile, the name.
+
+    Returns (name, the reason to refuse or None, the bye code for it)."""
+    if int(sock.getpeercert()["serialNumber"], 16) in revoked:
+        return _name_or_unknown(sock), REVOKED_REASON, BYE_REVOKED
+    try:
+        name = peer_identity(sock)
+    except CertificateError as exc:
+        return "?", str(exc), BYE_CERTIFICATE
+    problem = client_certificate_problem(sock.getpeercert(binary_form=True) or b"") or name_problem(name, operator)
+    return name, problem, BYE_CERTIFICATE
+
+
+def _name_or_unknown(sock: ssl.SSLSocket) -> str:
+    try:
+        return peer_identity(sock)
+    except CertificateError:
+        return "?"

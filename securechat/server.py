@@ -22,21 +22,17 @@ import time
 from pathlib import Path
 
 from . import frames
-from .admission import (BYE_CERTIFICATE, BYE_REVOKED, REVOKED_REASON, Admissions, Refusal, close_gently, send_refusal,
-                        source_key)
+from .admission import (BYE_REVOKED, REVOKED_REASON, Admissions, CrlInForce, Refusal, check_peer, close_gently,
+                        send_refusal, source_key)
 from .certfiles import CertsLayout, common_name
 from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from .connection import Connection, tls_handshake, tune_socket
 from .console import Console, show_message
-from .errors import (CertificateError, ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError, TransferError,
-                     UsageError)
-from .identity import client_certificate_problem, name_problem
+from .errors import ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError, TransferError, UsageError
 from .inbox import Inbox, Verdict, announce_incoming
 from .outbox import STALL_TIMEOUT
 from .outgoing import Outgoing, Retry
-from .revocation import revoked_serials
 from .room import Participant, Pause, Relay, Room
-from .tls import peer_identity, server_context
 from .transfer import Downloads
 
 LISTEN_BACKLOG = 512
@@ -304,11 +300,7 @@ def _raise_open_file_limit() -> None:
 class Server:
     def __init__(self, certs: Path, host: str, port: int, downloads: Downloads, console: Console) -> None:
         self.certs = certs
-        # Stamp first, then read: a CRL rewritten in between is read again at the next check.
-        self._crl_stamp = self._stamp()
-        self.context = server_context(certs)
-        self._revoked = revoked_serials(CertsLayout(certs).crl)
-        self._crl_lock = threading.Lock()
+        self._crl = CrlInForce(certs)
         name = common_name(CertsLayout(certs).server_cert)
         self.host, self.port = host, port
         self.console = console
@@ -349,38 +341,26 @@ class Server:
     def start(self) -> None:
         threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
 
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = CertsLayout(self.certs).crl.stat()
-        except OSError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
-
     def _reload_crl_if_changed(self) -> frozenset[int]:
         """The revoked serials as the CRL on disk says now; on a change, drop the revoked members.
 
         Called after every handshake (so admission never races a `revoke`) and by
         the accept loop between connections (so a connected member is dropped).
         """
-        with self._crl_lock:
-            stamp = self._stamp()
-            if stamp == self._crl_stamp:
-                return self._revoked
-            try:
-                revoked = revoked_serials(CertsLayout(self.certs).crl)
-                context = server_context(self.certs)
-            except SecureChatError as exc:
-                self._crl_stamp = stamp  # said once per change of the file, not at every handshake
-                self.console.error(f"keeping the previous CRL: {exc}")
-                return self._revoked
-            self._crl_stamp, self.context, self._revoked = stamp, context, revoked
-        with self._lock:
-            sessions = [s for s in self._sessions if s.serial in revoked]
-        for session in sessions:
-            # A bye with a code first, so the client knows not to reconnect; the plain bye
-            # close() adds after it (and its linger) is never read by our client.
-            session.conn.outbox.put_control(frames.encode(frames.Bye(reason=REVOKED_REASON, code=BYE_REVOKED)))
-            session.kick(REVOKED_REASON)
+        try:
+            changed = self._crl.refresh()
+        except SecureChatError as exc:
+            self.console.error(f"keeping the previous CRL: {exc}")
+            return self._crl.revoked
+        revoked = self._crl.revoked
+        if changed:
+            with self._lock:
+                sessions = [s for s in self._sessions if s.serial in revoked]
+            for session in sessions:
+                # A bye with a code first, so the client knows not to reconnect; the plain bye
+                # kick() adds after it is never read by our client.
+                session.conn.outbox.put_control(frames.encode(frames.Bye(reason=REVOKED_REASON, code=BYE_REVOKED)))
+                session.kick(REVOKED_REASON)
         return revoked
 
     def _accept_loop(self) -> None:
@@ -428,10 +408,11 @@ class Server:
     def _handshake(self, raw: socket.socket) -> tuple[ssl.SSLSocket, str] | Refusal:
         """The TLS handshake and the checks after it: (sock, name) to admit, or a Refusal (already sent)."""
         tune_socket(raw)
-        sock = self.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        sock = self._crl.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         try:
             tls_handshake(sock)
-            name, problem, code = self._check_peer(sock)
+            # The CRL on disk now, not the one this context was made with: it may be older.
+            name, problem, code = check_peer(sock, self._reload_crl_if_changed(), self.operator.name)
         except (SecureChatError, OSError):
             close_gently(sock)  # so the TLS alert OpenSSL sent is read, not lost to a reset
             raise
@@ -439,23 +420,6 @@ class Server:
             return sock, name
         send_refusal(sock, problem, code, SOFTWARE)
         return Refusal(name, problem)
-
-    def _check_peer(self, sock: ssl.SSLSocket) -> tuple[str, str | None, str]:
-        """What OpenSSL does not check: the CRL on disk now, the certificate's profile, the name.
-
-        Returns (name, the reason to refuse or None, the bye code for it)."""
-        serial = int(sock.getpeercert()["serialNumber"], 16)
-        try:
-            name = peer_identity(sock)
-        except CertificateError as exc:
-            name, problem = "?", str(exc)
-        else:
-            problem = None
-        if serial in self._reload_crl_if_changed():  # not the CRL the context was made with: it may be older
-            return name, REVOKED_REASON, BYE_REVOKED
-        problem = (problem or client_certificate_problem(sock.getpeercert(binary_form=True) or b"")
-                   or name_problem(name, self.operator.name))
-        return name, problem, BYE_CERTIFICATE
 
     def forget(self, session: Session) -> None:
         with self._lock:

@@ -216,3 +216,17 @@ def test_gen_certs_passphrase_never_from_argv(tmp_path):
                                timeout=60).stdout
     assert "--passphrase" not in help_text  # there is no way to put it on the command line
     shutil.rmtree(tmp_path / "c")
+
+
+@pytest.mark.timeout(60)
+def test_an_unreadable_crl_keeps_the_previous_one_and_is_reported_once(make_room, own_pki):
+    room = make_room(certs=own_pki)
+    crl = CertsLayout(own_pki).crl
+    broken = crl.with_name("broken.pem")
+    broken.write_text("-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n")
+    os.replace(broken, crl)  # a new file, as `revoke` writes it
+    room.join("alice")  # handshakes after the change: each checks the CRL's stamp
+    room.join("bob")
+    time.sleep(1.5)  # three rounds of the accept loop's own check
+    assert "keeping the previous CRL" in room.server.wait_event("error")["message"]
+    assert room.server.count("error") == 1
