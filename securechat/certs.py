@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .certfiles import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout
 from .errors import CertificateError, UsageError
+from .identity import same_name
 
 CA_DAYS = 3650
 CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -40,7 +41,7 @@ _CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 def check_client_name(name: str) -> str:
     if not _CLIENT_NAME.fullmatch(name):
         raise UsageError(f"client name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    if name == SERVER_IDENTITY:
+    if same_name(name, SERVER_IDENTITY):  # the server refuses it at the handshake in any case
         raise UsageError(f"client name {name!r} is taken by the server operator; choose another")
     return name
 
