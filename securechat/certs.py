@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .certfiles import DEFAULT_DAYS, PASSPHRASE_ENV, CertsLayout
 from .errors import CertificateError, UsageError
+from .identity import same_name
 
 CA_DAYS = 3650
 CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -40,7 +41,7 @@ _CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 def check_client_name(name: str) -> str:
     if not _CLIENT_NAME.fullmatch(name):
         raise UsageError(f"client name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    if name == SERVER_IDENTITY:
+    if same_name(name, SERVER_IDENTITY):  # the server refuses it at the handshake in any case
         raise UsageError(f"client name {name!r} is taken by the server operator; choose another")
     return name
 
@@ -207,6 +208,18 @@ def load_key(path: Path, passphrase: bytes | None = None):
         raise CertificateError(f"{path} is not a PEM private key") from exc
 
 
+def load_ca(layout: CertsLayout, passphrase: bytes | None, action: str):
+    """The CA certificate and key; a folder with ca.pem but no ca.key is a client's or a server's copy."""
+    if layout.ca_cert.exists() and not layout.ca_key.exists():
+        # Said this way because the old hint ("create it with gen-certs") made a
+        # client try to become a CA of its own.
+        raise CertificateError(
+            f"{layout.root} holds no CA key ({layout.ca_key.name}), so it cannot {action}: "
+            f"certificates are issued and revoked on the machine that holds the CA key, by the server's operator"
+        )
+    return load_cert(layout.ca_cert), load_key(layout.ca_key, passphrase)
+
+
 @dataclass(frozen=True)
 class Issued:
     """One certificate gen-certs made or kept, for the report it prints."""
@@ -243,7 +256,7 @@ def generate(out: Path, clients: list[str], server_names: list[str], days: int =
     report: list[Issued] = []
 
     if layout.ca_cert.exists() or layout.ca_key.exists():
-        ca_cert, ca_key = load_cert(layout.ca_cert), load_key(layout.ca_key, ca_passphrase)
+        ca_cert, ca_key = load_ca(layout, ca_passphrase, "issue certificates")
         report.append(_issued("CA", ca_cert, layout.ca_cert, layout.ca_key, created=False))
     else:
         ca_cert, ca_key = create_ca()

@@ -347,6 +347,8 @@ def join(
         if failures and not interactive:
             _fail("not delivered: " + "; ".join(failures), json_output=json_output)
         return
+    if client.failure is not None:
+        raise client.failure  # e.g. revoked: its own line, not "connection lost"
     if not client.ended_cleanly:
         _fail(f"connection to {host}:{port} lost: {client.end_reason}", json_output=json_output)
 

@@ -35,7 +35,7 @@ from .certfiles import common_name
 from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from .connection import HELLO_TIMEOUT, Connection, connect
 from .console import Console, show_message
-from .errors import ConnectionFailed, ConnectionLost, RemoteProtocolError, TransferError
+from .errors import REVOKED_MESSAGE, ConnectionFailed, ConnectionLost, FailureKind, RemoteProtocolError, TransferError
 from .inbox import Inbox, Verdict, announce_incoming
 from .outgoing import Outgoing, Retry
 from .tls import ClientFiles, client_context, peer_identity
@@ -49,8 +49,27 @@ MAX_BACKLOG = 100  # lines typed while disconnected; more are refused, visibly
 
 def _is_final(failure: ConnectionFailed) -> bool:
     """Failures that retrying cannot fix: the server refuses our certificate or our protocol."""
-    text = str(failure).lower()
-    return "certificate" in text or "protocol version" in text or "not a securechat peer" in text
+    return failure.kind.final
+
+
+_BYE_KINDS = {"revoked": FailureKind.REVOKED, "certificate": FailureKind.CERTIFICATE}
+
+
+def _end_kind(conn: Connection, bye: frames.Bye | None) -> FailureKind:
+    """Why a connection ended, as a kind: the server's bye code, else what broke it."""
+    if bye is not None:
+        return _BYE_KINDS.get(bye.code or "", FailureKind.LOST)
+    if isinstance(conn.failure, RemoteProtocolError):
+        return FailureKind.PROTOCOL
+    if isinstance(conn.failure, (ConnectionLost, ConnectionFailed)):
+        return conn.failure.kind
+    return FailureKind.LOST
+
+
+def _failure(kind: FailureKind, where: str, reason: str) -> ConnectionFailed:
+    if kind is FailureKind.REVOKED:
+        return ConnectionFailed(REVOKED_MESSAGE, kind)
+    return ConnectionFailed(f"cannot join {where}: {reason}", kind)
 
 
 class Client:
@@ -81,6 +100,8 @@ class Client:
         self._leaving = threading.Event()
         self.end_reason = ""
         self.ended_cleanly = False
+        self.failure: ConnectionFailed | None = None  # ended by a refusal retrying cannot fix
+        self._bye: frames.Bye | None = None  # the server's, on the current connection
 
     # ------------------------------------------------ connecting
 
@@ -89,6 +110,7 @@ class Client:
         sock = connect(self.host, self.port, self.context)
         server_name = peer_identity(sock)
         self._hello_seen = False
+        self._bye = None
         conn = Connection(sock, server_name, self._on_frame, self._on_close)
         self.conn = conn
         conn.start()
@@ -99,10 +121,11 @@ class Client:
         deadline = time.monotonic() + HELLO_TIMEOUT
         while not self.online.wait(0.05):
             if conn.finished.is_set():
-                raise ConnectionFailed(f"cannot join {self.host}:{self.port}: {self.end_reason}")
+                raise _failure(_end_kind(conn, self._bye), f"{self.host}:{self.port}", self.end_reason)
             if time.monotonic() > deadline:
                 conn.close("no welcome", send_bye=False)
-                raise ConnectionFailed(f"cannot join {self.host}:{self.port}: no answer to hello within {HELLO_TIMEOUT:.0f} s")
+                raise ConnectionFailed(f"cannot join {self.host}:{self.port}: no answer to hello within {HELLO_TIMEOUT:.0f} s",
+                                       FailureKind.TIMEOUT)
 
     def _reconnect(self, reason: str) -> None:
         delay, attempt, since = RECONNECT_FIRST, 0, time.monotonic()
@@ -118,6 +141,8 @@ class Client:
             except ConnectionFailed as exc:
                 reason = str(exc)
                 gave_up = self.give_up_after is not None and time.monotonic() - since > self.give_up_after
+                if _is_final(exc):
+                    self.failure = exc
                 if _is_final(exc) or gave_up:
                     self.outgoing.fail_all(f"could not reconnect: {reason}")
                     self.console.event("disconnected", reason=f"gave up reconnecting: {reason}")
@@ -128,6 +153,8 @@ class Client:
     # ------------------------------------------------ frames from the server
 
     def _on_frame(self, conn: Connection, frame: frames.Frame) -> None:
+        if isinstance(frame, frames.Bye):
+            self._bye = frame  # its code says whether to come back
         if not self.online.is_set():
             self._greeting(conn, frame)
             return
@@ -226,6 +253,13 @@ class Client:
             self._presence.notify_all()
         if not was_online:
             return  # connect() reports it
+        kind = _end_kind(conn, self._bye)
+        if kind.final and not self._leaving.is_set():
+            self.failure = _failure(kind, f"{self.host}:{self.port}", reason)
+            self.ended_cleanly = False
+            self.outgoing.fail_all(f"connection closed: {self.failure}")
+            self.ended.set()  # the command prints self.failure: one line, not a "disconnected" as well
+            return
         if self._leaving.is_set() or clean or not self.reconnect:
             self.outgoing.fail_all(f"connection closed: {reason}")
             if not self._leaving.is_set():

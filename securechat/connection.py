@@ -28,9 +28,10 @@ import time
 from typing import Callable
 
 from . import frames
-from .errors import ConnectionFailed, ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError
+from .errors import ConnectionFailed, ConnectionLost, FailureKind, PeerTooSlow, RemoteProtocolError, SecureChatError
+from .identity import server_certificate_problem
 from .outbox import STALL_TIMEOUT, Outbox
-from .tls import HANDSHAKE_TIMEOUT, describe_tls_failure
+from .tls import HANDSHAKE_TIMEOUT, describe_tls_failure, tls_failure_kind
 
 READ_BUFFER = 256 * 1024
 READ_BUDGET = 4 * 1024 * 1024  # bytes read per turn before writes get a go
@@ -67,45 +68,58 @@ def tls_handshake(sock: ssl.SSLSocket, timeout: float = HANDSHAKE_TIMEOUT) -> No
             except ssl.SSLWantWriteError:
                 _wait(sock, _POLL_OUT, deadline)
     except TimeoutError as exc:
-        raise ConnectionFailed(f"TLS handshake did not finish within {timeout:.0f} s") from exc
+        raise ConnectionFailed(f"TLS handshake did not finish within {timeout:.0f} s", FailureKind.TIMEOUT) from exc
     except ssl.SSLError as exc:
-        raise ConnectionFailed(describe_tls_failure(exc)) from exc
+        raise ConnectionFailed(describe_tls_failure(exc), tls_failure_kind(exc)) from exc
     except OSError as exc:
         raise ConnectionFailed(f"connection lost during the TLS handshake ({exc.strerror or exc})") from exc
     if sock.selected_alpn_protocol() != frames.ALPN_PROTOCOL:
-        raise ConnectionFailed("the other side is not a securechat peer (no ALPN securechat/1)")
+        raise ConnectionFailed("the other side is not a securechat peer (no ALPN securechat/1)", FailureKind.PROTOCOL)
 
 
 def connect(host: str, port: int, context: ssl.SSLContext, timeout: float = HANDSHAKE_TIMEOUT) -> ssl.SSLSocket:
-    """A TCP connection to host:port with the TLS handshake done."""
+    """A TCP connection to host:port with the TLS handshake done and the server's certificate checked."""
     where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror as exc:
-        raise ConnectionFailed(f"cannot find host {host!r}: {exc.strerror}") from exc
+        raise ConnectionFailed(f"cannot find host {host!r}: {exc.strerror}", FailureKind.UNREACHABLE) from exc
     except ConnectionRefusedError as exc:
-        raise ConnectionFailed(f"cannot connect to {where}: connection refused — is 'securechat serve' running there?") from exc
+        raise ConnectionFailed(f"cannot connect to {where}: connection refused — is 'securechat serve' running there?",
+                               FailureKind.REFUSED) from exc
     except TimeoutError as exc:
-        raise ConnectionFailed(f"cannot connect to {where}: no answer within {timeout:.0f} s") from exc
+        raise ConnectionFailed(f"cannot connect to {where}: no answer within {timeout:.0f} s", FailureKind.TIMEOUT) from exc
     except OSError as exc:
-        raise ConnectionFailed(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+        raise ConnectionFailed(f"cannot connect to {where}: {exc.strerror or exc}", FailureKind.UNREACHABLE) from exc
     tune_socket(raw)
+    sock = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)  # takes over raw's fd
     try:
-        sock = context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
         tls_handshake(sock, timeout)
     except ConnectionFailed as exc:
-        raw.close()
-        text = str(exc)
-        if "certificate rejected" in text and "mismatch" in text.lower():
+        sock.close()
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in _NAME_MISMATCH:
+            # Only the server's operator holds the CA key that can fix this.
             raise ConnectionFailed(
-                f"server certificate is not valid for {host!r} — regenerate it with: "
-                f"securechat gen-certs --server-name {host} --force"
+                f"the server's certificate is not valid for {host!r}; the server's operator must reissue it "
+                f"with: securechat gen-certs --server-name {host} --force (and restart serve), "
+                f"or connect by a name it already has", FailureKind.CERTIFICATE,
             ) from exc
-        if "local issuer" in text or "self-signed" in text:
+        text = str(exc)
+        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in _UNTRUSTED_ISSUER:
             text += " — is the CA file the ca.pem from this server's certs folder?"
-            raise ConnectionFailed(f"cannot connect to {where}: {text}") from exc
-        raise ConnectionFailed(f"cannot connect to {where}: {exc}") from exc
+        raise ConnectionFailed(f"cannot connect to {where}: {text}", exc.kind) from exc
+    problem = server_certificate_problem(sock.getpeercert(binary_form=True) or b"")
+    if problem is not None:
+        sock.close()
+        raise ConnectionFailed(f"cannot connect to {where}: {problem}; ask the server's operator to reissue it "
+                               f"with: securechat gen-certs --force", FailureKind.CERTIFICATE)
     return sock
+
+
+# X509_V_ERR_* codes from OpenSSL's x509_vfy.h.
+_NAME_MISMATCH = (62, 64)  # host name, IP address
+_UNTRUSTED_ISSUER = (18, 19, 20, 21)  # self-signed in chain, unable to get local issuer, unable to verify leaf
 
 
 SOCKET_BUFFER = 1024 * 1024
@@ -165,6 +179,7 @@ class Connection:
         self._bye_reason: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"conn-{peer}", daemon=True)
         self.finished = threading.Event()
+        self.failure: SecureChatError | None = None  # what ended it, when not a clean close: its kind counts
 
     # ---------------------------------------------------- any thread
 
@@ -222,12 +237,12 @@ class Connection:
         try:
             reason = self._serve()
         except RemoteProtocolError as exc:
-            reason, clean = f"protocol error: {exc}", False
+            reason, clean, self.failure = f"protocol error: {exc}", False, exc
             self._goodbye(reason)
         except PeerTooSlow as exc:
             reason, clean = str(exc), False
         except SecureChatError as exc:
-            reason, clean = str(exc), False
+            reason, clean, self.failure = str(exc), False, exc
         except Exception as exc:  # a bug must not kill the process silently
             # Its text may carry anything (a peer's bytes): it goes to the log, not to the room.
             self.internal_error = exc
@@ -338,7 +353,7 @@ class Connection:
                 if "EOF" in str(exc) or isinstance(exc, ssl.SSLEOFError):
                     n = 0
                 else:
-                    raise ConnectionLost(f"connection broken: {describe_tls_failure(exc)}") from exc
+                    raise ConnectionLost(f"connection broken: {describe_tls_failure(exc)}", tls_failure_kind(exc)) from exc
             except OSError as exc:
                 raise ConnectionLost(f"connection broken: {exc.strerror or exc}") from exc
             if n == 0:

@@ -48,6 +48,7 @@ MAX_TRANSFER_ID = 2**32 - 1
 MAX_FILE_SIZE = 2**63 - 1
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_CODE = re.compile(r"[a-z_]{1,32}")
 
 
 # --------------------------------------------------------------------------- #
@@ -79,6 +80,10 @@ def _uint(limit: int):
 
 def _is_bool(value: Any) -> bool:
     return type(value) is bool
+
+
+def _is_code(value: Any) -> bool:
+    return isinstance(value, str) and _CODE.fullmatch(value) is not None
 
 
 def _is_sha256(value: Any) -> bool:
@@ -262,10 +267,13 @@ class Notice:
 
 @dataclass(frozen=True)
 class Bye:
-    """The sender is closing the connection on purpose; the reason is for people."""
+    """The sender is closing the connection on purpose; the reason is for people, the code for programs."""
 
     TYPE: ClassVar[str] = "bye"
     reason: str = _f(_reason, "")
+    # "revoked", "certificate": a refusal retrying cannot fix. Unknown codes are
+    # allowed (later versions) and mean nothing more than the bye itself.
+    code: str | None = _f(_optional(_is_code), None)
 
 
 @dataclass(frozen=True)

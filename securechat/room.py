@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import itertools
 import threading
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import frames
+from .identity import same_name
 from .outbox import Outbox
 
 Pause = Callable[[Outbox], None] | None  # None: block instead (for threads that may)
@@ -107,11 +107,6 @@ class Relay:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def same_identity(a: str, b: str) -> bool:
-    """Names a person could take for one another (case, width, compatibility forms)."""
-    return unicodedata.normalize("NFKC", a).casefold() == unicodedata.normalize("NFKC", b).casefold()
-
-
 class Room:
     def __init__(self, operator_name: str) -> None:
         self.operator_name = operator_name
@@ -137,7 +132,7 @@ class Room:
         with self._lock:
             connections = self._members.get(member.name, [])
             is_operator = member.name == self.operator_name and not connections
-            if not is_operator and same_identity(member.name, self.operator_name):
+            if not is_operator and same_name(member.name, self.operator_name):
                 member.kick(f"the name {member.name!r} is the server operator's")
                 return False
             if member.session is not None:

@@ -5,17 +5,25 @@ socket (TLS handshake with an overall deadline, so a silent or dribbling
 client costs one thread for at most 10 s and never blocks the accept loop);
 then each client's Connection I/O thread. The operator's stdin loop runs on
 its own thread, and each file the operator sends is read by its own thread.
+
+Admission (admission.py, identity.py): handshake slots are capped per source
+address and in total; after the handshake, and before a Session exists, the
+peer's serial is checked against the CRL as it is on disk at that moment, and
+its certificate profile and name against the rules in identity.py.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
 
 from . import frames
+from .admission import (BYE_REVOKED, REVOKED_REASON, Admissions, CrlInForce, Refusal, check_peer, close_gently,
+                        send_refusal, source_key)
 from .certfiles import CertsLayout, common_name
 from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from .connection import Connection, tls_handshake, tune_socket
@@ -26,10 +34,10 @@ from .outbox import STALL_TIMEOUT
 from .outgoing import Outgoing, Retry
 from .ratelimit import TokenBucket
 from .room import Participant, Pause, Relay, Room
-from .tls import peer_identity, server_context
 from .transfer import Downloads
 
-MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections at once; more are refused at accept
+LISTEN_BACKLOG = 512
+CRL_POLL_INTERVAL = 0.5  # seconds between checks for a changed CRL, to drop revoked members
 MAX_UPLOADS = 16  # files one member may be sending at once (our clients send 4 at a time)
 CHAT_RATE = 20.0  # lines per second a member may send, on average
 CHAT_BURST = 60  # lines a member may send at once
@@ -330,8 +338,7 @@ def _raise_open_file_limit() -> None:
 class Server:
     def __init__(self, certs: Path, host: str, port: int, downloads: Downloads, console: Console) -> None:
         self.certs = certs
-        self.context = server_context(certs)
-        self._crl_stamp = self._stamp()
+        self._crl = CrlInForce(certs)
         name = common_name(CertsLayout(certs).server_cert)
         self.host, self.port = host, port
         self.console = console
@@ -340,7 +347,7 @@ class Server:
         self.room.join(self.operator)
         self._sessions: set[Session] = set()
         self._lock = threading.Lock()
-        self._handshake_slots = threading.BoundedSemaphore(MAX_PENDING_HANDSHAKES)
+        self._admissions = Admissions()
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
         self.address: tuple[str, int] = (host, port)
@@ -356,7 +363,7 @@ class Server:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind(address)
-            listener.listen(512)
+            listener.listen(LISTEN_BACKLOG)
         except OSError as exc:
             listener.close()
             if exc.errno == errno.EADDRINUSE:
@@ -364,7 +371,7 @@ class Server:
             if exc.errno == errno.EACCES:
                 raise UsageError(f"no permission to listen on port {self.port}; use a port above 1023") from exc
             raise UsageError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
-        listener.settimeout(0.5)  # so the accept loop notices shutdown
+        listener.settimeout(CRL_POLL_INTERVAL)  # so the accept loop notices shutdown and CRL changes
         self._listener = listener
         self.address = listener.getsockname()[:2]
         return self.address
@@ -372,36 +379,32 @@ class Server:
     def start(self) -> None:
         threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
 
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = CertsLayout(self.certs).crl.stat()
-        except OSError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
+    def _reload_crl_if_changed(self) -> frozenset[int]:
+        """The revoked serials as the CRL on disk says now; on a change, drop the revoked members.
 
-    def _reload_crl_if_changed(self) -> None:
-        """`securechat revoke` rewrote the CRL: use it from the next handshake, drop the revoked now."""
-        stamp = self._stamp()
-        if stamp == self._crl_stamp:
-            return
-        from .revocation import revoked_serials  # cryptography, loaded only once a CRL changes
-
+        Called after every handshake (so admission never races a `revoke`) and by
+        the accept loop between connections (so a connected member is dropped).
+        """
         try:
-            context, revoked = server_context(self.certs), revoked_serials(CertsLayout(self.certs).crl)
+            changed = self._crl.refresh()
         except SecureChatError as exc:
             self.console.error(f"keeping the previous CRL: {exc}")
-            return
-        self._crl_stamp, self.context = stamp, context
-        with self._lock:
-            sessions = list(self._sessions)
-        for session in sessions:
-            if session.serial in revoked:
-                session.kick("certificate revoked")
+            return self._crl.revoked
+        revoked = self._crl.revoked
+        if changed:
+            with self._lock:
+                sessions = [s for s in self._sessions if s.serial in revoked]
+            for session in sessions:
+                # A bye with a code first, so the client knows not to reconnect; the plain bye
+                # kick() adds after it is never read by our client.
+                session.conn.outbox.put_control(frames.encode(frames.Bye(reason=REVOKED_REASON, code=BYE_REVOKED)))
+                session.kick(REVOKED_REASON)
+        return revoked
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._stopping.is_set():
-            self._reload_crl_if_changed()  # at least every 0.5 s: the accept timeout
+            self._reload_crl_if_changed()
             try:
                 raw, addr = self._listener.accept()
             except TimeoutError:
@@ -410,24 +413,28 @@ class Server:
                 if self._stopping.is_set():
                     return
                 continue  # e.g. EMFILE: keep serving those already in
-            if not self._handshake_slots.acquire(blocking=False):
+            source = source_key(addr[0])
+            refusal = self._admissions.enter(source)
+            if refusal is not None:
                 raw.close()
-                self.console.event("refused", peer=addr[0], reason="too many connections in the TLS handshake")
+                if self._admissions.should_report(source, time.monotonic()):
+                    self.console.event("refused", peer=addr[0], reason=refusal)
                 continue
-            threading.Thread(target=self._admit, args=(raw, addr), name="admit", daemon=True).start()
+            threading.Thread(target=self._admit, args=(raw, addr, source), name="admit", daemon=True).start()
 
-    def _admit(self, raw: socket.socket, addr) -> None:
+    def _admit(self, raw: socket.socket, addr, source: str) -> None:
         try:
-            tune_socket(raw)
-            sock = self.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-            tls_handshake(sock)
-            name = peer_identity(sock)
+            admitted = self._handshake(raw)
         except (SecureChatError, OSError) as exc:
             raw.close()
             self.console.event("refused", peer=addr[0], reason=str(exc))
             return
         finally:
-            self._handshake_slots.release()
+            self._admissions.leave(source)
+        if isinstance(admitted, Refusal):
+            self.console.event("refused", peer=addr[0], name=admitted.name, reason=f"{admitted.name}: {admitted.reason}")
+            return
+        sock, name = admitted
         session = Session(self, sock, name)
         with self._lock:
             if self._stopping.is_set():
@@ -435,6 +442,22 @@ class Server:
                 return
             self._sessions.add(session)
         session.conn.start()
+
+    def _handshake(self, raw: socket.socket) -> tuple[ssl.SSLSocket, str] | Refusal:
+        """The TLS handshake and the checks after it: (sock, name) to admit, or a Refusal (already sent)."""
+        tune_socket(raw)
+        sock = self._crl.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls_handshake(sock)
+            # The CRL on disk now, not the one this context was made with: it may be older.
+            name, problem, code = check_peer(sock, self._reload_crl_if_changed(), self.operator.name)
+        except (SecureChatError, OSError):
+            close_gently(sock)  # so the TLS alert OpenSSL sent is read, not lost to a reset
+            raise
+        if problem is None:
+            return sock, name
+        send_refusal(sock, problem, code, SOFTWARE)
+        return Refusal(name, problem)
 
     def forget(self, session: Session) -> None:
         with self._lock:

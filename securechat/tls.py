@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .certfiles import CertsLayout
-from .errors import CertificateError, UsageError
+from .der import DERError, pem_blocks
+from .errors import CertificateError, FailureKind, UsageError
 from .frames import ALPN_PROTOCOL
+from .identity import client_certificate_problem
 
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -42,7 +44,16 @@ class ClientFiles:
                     f"say which client certificate to use with --name (found in {layout.clients}: {found})"
                 )
             name = names[0]
-        return cls(layout.ca_cert, layout.client_cert(name), layout.client_key(name))
+        cert, key = layout.client_cert(name), layout.client_key(name)
+        if not cert.is_file() or not key.is_file():
+            found = ", ".join(layout.client_names()) or "none"
+            missing = cert if not cert.is_file() else key
+            # A client cannot make itself a certificate: only the CA key's holder can.
+            raise UsageError(
+                f"no certificate for {name!r} here ({missing} not found; clients in {layout.clients}: {found}); "
+                f"ask the server's operator for one (they run: securechat gen-certs --client {name})"
+            )
+        return cls(layout.ca_cert, cert, key)
 
 
 def _base_context(protocol: int) -> ssl.SSLContext:
@@ -57,10 +68,10 @@ def _base_context(protocol: int) -> ssl.SSLContext:
     return context
 
 
-def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+def _load_chain(context: ssl.SSLContext, cert: Path, key: Path, missing_hint: str) -> None:
     for path, what in ((cert, "certificate"), (key, "private key")):
         if not path.is_file():
-            raise CertificateError(f"{what} {path} not found; create it with: securechat gen-certs")
+            raise CertificateError(f"{what} {path} not found; {missing_hint}")
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
@@ -81,7 +92,7 @@ def server_context(certs: Path) -> ssl.SSLContext:
     context = _base_context(ssl.PROTOCOL_TLS_SERVER)
     # TLS 1.3 sends resumption tickets unless told to send none.
     context.num_tickets = 0
-    _load_chain(context, layout.server_cert, layout.server_key)
+    _load_chain(context, layout.server_cert, layout.server_key, "create it with: securechat gen-certs")
     _load_ca(context, layout.ca_cert)
     if not layout.crl.is_file():
         raise CertificateError(f"{layout.crl} not found; run securechat gen-certs --out {certs} to create it")
@@ -97,21 +108,62 @@ def client_context(files: ClientFiles) -> ssl.SSLContext:
     context = _base_context(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = True
     context.hostname_checks_common_name = False
-    _load_chain(context, files.cert, files.key)
+    _load_chain(context, files.cert, files.key, "ask the server's operator for your certificate and key")
+    _check_own_certificate(files.cert)
     _load_ca(context, files.ca)
     return context
 
 
+def _check_own_certificate(cert: Path) -> None:
+    """Refuse here, with the file's name, what the server would refuse with a bare TLS alert."""
+    try:
+        blocks = pem_blocks(cert.read_text(encoding="ascii", errors="replace"), "CERTIFICATE")
+    except (OSError, DERError) as exc:
+        raise CertificateError(f"{cert} is not a readable PEM certificate ({exc})") from exc
+    problem = client_certificate_problem(blocks[0]) if blocks else "it holds no certificate"
+    if problem is not None:
+        raise CertificateError(
+            f"{cert} cannot be used to join: {problem}; use your client certificate, "
+            f"clients/NAME.pem from the certs folder the server's operator gave you"
+        )
+
+
 def peer_identity(sock: ssl.SSLSocket) -> str:
-    """The peer's name: the common name of the certificate the handshake verified."""
+    """The peer's name: the one common name of the certificate the handshake verified."""
     cert = sock.getpeercert()
     if not cert:
         raise CertificateError("peer presented no certificate")
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return value
-    raise CertificateError("peer certificate has no common name")
+    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    if not names:
+        raise CertificateError("peer certificate has no common name")
+    if len(names) > 1:
+        raise CertificateError("peer certificate has more than one common name: which one is it?")
+    return names[0]
+
+
+# OpenSSL's reason codes (exc.reason), not its prose: they are stable identifiers.
+_ALERT_KINDS = {
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": FailureKind.REVOKED,
+    "TLSV1_ALERT_PROTOCOL_VERSION": FailureKind.PROTOCOL,
+    "UNSUPPORTED_PROTOCOL": FailureKind.PROTOCOL,
+    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": FailureKind.PROTOCOL,
+    "WRONG_VERSION_NUMBER": FailureKind.PROTOCOL,
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": FailureKind.CERTIFICATE,
+    "SSLV3_ALERT_BAD_CERTIFICATE": FailureKind.CERTIFICATE,
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": FailureKind.CERTIFICATE,
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": FailureKind.CERTIFICATE,
+    "TLSV1_ALERT_UNKNOWN_CA": FailureKind.CERTIFICATE,
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": FailureKind.CERTIFICATE,
+}
+
+
+def tls_failure_kind(exc: ssl.SSLError) -> FailureKind:
+    """What kind of failure an SSLError from a handshake or a read is."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return FailureKind.CERTIFICATE
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
+        return FailureKind.LOST
+    return _ALERT_KINDS.get(str(exc.reason or "").upper(), FailureKind.LOST)
 
 
 def describe_tls_failure(exc: ssl.SSLError) -> str:

@@ -90,7 +90,7 @@ def test_force_reissues_server_and_named_clients_but_keeps_the_ca(tmp_path):
     assert layout.server_cert.read_bytes() != server_before
 
 
-@pytest.mark.parametrize("bad", ["", "server", "a b", "../x", "-x", "x" * 65, "é"])
+@pytest.mark.parametrize("bad", ["", "server", "SERVER", "Server", "a b", "../x", "-x", "x" * 65, "é"])
 def test_client_names_are_checked(bad):
     with pytest.raises(UsageError):
         check_client_name(bad)

@@ -176,7 +176,9 @@ def test_silent_and_dribbling_connections_do_not_lock_out_a_real_client(room, ra
 
     try:
         for i in range(200):
-            s = socket.create_connection(("127.0.0.1", room.port), timeout=5)
+            # From another address than the client's: one address's own connections
+            # are capped at 16 in the handshake, so it could only lock itself out.
+            s = socket.create_connection(("127.0.0.1", room.port), timeout=5, source_address=("127.0.0.2", 0))
             (dribblers if i % 2 else lurkers).append(s)
         threading.Thread(target=dribble, daemon=True).start()
         started = time.monotonic()

@@ -6,7 +6,8 @@ import pytest
 
 from securechat import frames
 from securechat.ratelimit import TokenBucket
-from securechat.room import Participant, Room, same_identity
+from securechat.identity import same_name
+from securechat.room import Participant, Room
 
 SHA = "ab" * 32
 
@@ -113,9 +114,9 @@ def test_nobody_takes_the_operators_name(room, name):
     assert room.operator.of(frames.Chat)[-1].text == "hi"
 
 
-def test_same_identity_folds_case_and_width():
-    assert same_identity("ｓｅｒｖｅｒ", "server") and same_identity("SERVER", "server")
-    assert not same_identity("serve", "server")
+def test_same_name_folds_case_and_width():
+    assert same_name("ｓｅｒｖｅｒ", "server") and same_name("SERVER", "server")
+    assert not same_name("serve", "server")
 
 
 def test_chat_to_a_name_reaches_all_its_connections(room):

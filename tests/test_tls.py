@@ -14,6 +14,18 @@ from securechat.errors import CertificateError, ConnectionFailed
 from securechat.tls import ClientFiles, client_context, peer_identity, server_context
 
 
+def presenting(files: ClientFiles, host_check: bool = True) -> ssl.SSLContext:
+    """client_context without its local check of our own certificate: a client that presents
+    whatever it is given, so that the server's own refusal is what gets tested."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = host_check
+    context.load_cert_chain(files.cert, files.key)
+    context.load_verify_locations(files.ca)
+    context.set_alpn_protocols(["securechat/1"])
+    return context
+
+
 class OneShotServer:
     """Accepts one connection, handshakes with our server context, records the outcome."""
 
@@ -116,7 +128,7 @@ def test_server_certificate_cannot_act_as_a_client(pki):
     layout = CertsLayout(pki)
     server = OneShotServer(server_context(pki))
     files = ClientFiles(layout.ca_cert, layout.server_cert, layout.server_key)
-    sock = connect("127.0.0.1", server.port, client_context(files))
+    sock = connect("127.0.0.1", server.port, presenting(files))
     sock.setblocking(True)
     with pytest.raises((ssl.SSLError, ConnectionError)):
         sock.recv(2)
