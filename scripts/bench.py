@@ -7,9 +7,24 @@
 Each round runs (a) securechat: `securechat serve` and `securechat join` as the
 user runs them, `/send FILE` typed into the client, timed from the send until
 the sender holds the verified confirmation (`file_delivered`); then (b) the
-same file through `openssl s_server -naccept 1 < FILE | openssl s_client
--quiet -no_ign_eof -nocommands > NEWFILE` with the same certificates, TLS 1.3,
-into a new file. Rounds alternate so that both see the same machine state.
+same file through `openssl s_client -quiet -no_ign_eof -nocommands < FILE`
+into `openssl s_server -naccept 1 -quiet -num_tickets 0 > NEWFILE` with the
+same certificates, TLS 1.3. Rounds alternate so that both see the same machine
+state.
+
+The openssl pair moves the file from client to server on purpose. s_server
+reads the socket with a blocking SSL_read whenever select() saw it readable; fed
+the file on its stdin, it sometimes saw the ClientHello readable in the same
+select() as the file, finished the handshake inside SSL_write, and then blocked
+in SSL_read for data the client never sends (s_client waited for the rest of
+the file: a hang, one run in six here). As the reader, s_server only ever
+SSL_reads what the client sends and ends at its close_notify; s_client, with no
+session tickets coming, never has anything to read. -quiet also stops s_server
+from treating the file's bytes as commands ('Q' at the start of a read).
+
+Every wait is bounded by --deadline (150 s in --smoke mode); the servers and
+clients run in their own process groups and are stopped on any exit, SIGTERM
+included (scripts/children.py).
 
 Also measured: the receiver's and sender's peak RSS and CPU seconds per GiB,
 chat latency (idle, and during the transfer), time from starting `join` to
@@ -21,10 +36,10 @@ plot of MB/s per round (--plot, needs matplotlib). Loopback only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,15 +49,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import children  # noqa: E402
 from securechat.certs import generate  # noqa: E402
 from securechat.connection import connect  # noqa: E402
-from securechat.errors import UsageError  # noqa: E402
+from securechat.errors import SecureChatError, UsageError  # noqa: E402
 from securechat.tls import ClientFiles, client_context  # noqa: E402
 from securechat.transfer import parse_size  # noqa: E402
 
 MB = 1_000_000
+SMOKE_DEADLINE_S = 150.0  # tests/test_bench.py allows its run more than this
 
 
 def securechat_command() -> list[str]:
@@ -67,11 +85,18 @@ class Events:
 
     def __init__(self, args: list[str], cwd: Path) -> None:
         self.started = time.time()
-        self.proc = subprocess.Popen(securechat_command() + args, cwd=cwd, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = children.spawn(securechat_command() + args, cwd=cwd, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         self.events: list[dict] = []
+        self.stderr_tail = ""
         self.cond = threading.Condition()
         threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_stderr, daemon=True).start()
+
+    def _pump_stderr(self) -> None:
+        # Drained so that a chatty child never blocks on a full pipe.
+        for line in self.proc.stderr:
+            self.stderr_tail = (self.stderr_tail + line)[-2000:]
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
@@ -85,6 +110,7 @@ class Events:
                 self.cond.notify_all()
 
     def wait(self, name: str, timeout: float = 600, **match) -> dict:
+        timeout = children.budget.wait_s(timeout)
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
@@ -92,9 +118,10 @@ class Events:
                     if event["event"] == name and all(event.get(k) == v for k, v in match.items()):
                         return event
                 if self.proc.poll() is not None and not self.cond.wait(0.2):
-                    raise RuntimeError(f"{name}: process ended: {self.proc.stderr.read()[-500:]}")
+                    raise RuntimeError(f"{name}: process ended: {self.stderr_tail[-500:]}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"no {name} within {timeout} s")
+                    children.budget.check(f"waiting for {name}")
+                    raise RuntimeError(f"no {name} within {timeout:.0f} s")
                 self.cond.wait(0.5)
 
     def send(self, line: str) -> None:
@@ -102,12 +129,7 @@ class Events:
         self.proc.stdin.flush()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        children.stop(self.proc)
 
 
 def chat_latencies(sender: Events, receiver: Events, count: int, gap: float, tag: str) -> list[float]:
@@ -169,50 +191,72 @@ def securechat_round(folder: Path, certs: Path, payload: Path, size: int, fanout
             shutil.rmtree(sub, ignore_errors=True)
 
 
-def _listening(port: int) -> bool:
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
+def listening_port(proc: subprocess.Popen, timeout: float) -> int:
+    """The port `proc` listens on, read from /proc: it binds port 0 itself, so no other
+    process can take the port between our choosing it and its binding it."""
+    deadline = time.monotonic() + children.budget.wait_s(timeout)
+    while True:
+        inodes = set()
+        with contextlib.suppress(FileNotFoundError):
+            for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:["):-1])
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as f:
                 for line in f.readlines()[1:]:
-                    local, state = line.split()[1], line.split()[3]
-                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        return True
-        except FileNotFoundError:
-            pass
-    return False
+                    fields = line.split()
+                    if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                        return int(fields[1].rsplit(":", 1)[1], 16)
+        if proc.poll() is not None:
+            raise RuntimeError(f"openssl s_server exited ({proc.returncode}) before listening")
+        if time.monotonic() > deadline:
+            raise RuntimeError("openssl s_server did not start listening")
+        time.sleep(0.01)
 
 
 def openssl_round(folder: Path, certs: Path, payload: Path) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = folder / "openssl-received.bin"
     common = ["-CAfile", str(certs / "ca.pem"), "-tls1_3"]
-    with open(payload, "rb") as stdin:
-        server = subprocess.Popen(
-            ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-naccept", "1", "-quiet", "-Verify", "1",
-             "-cert", str(certs / "server.pem"), "-key", str(certs / "server.key"), *common],
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )
-    deadline = time.monotonic() + 10
-    while not _listening(port):  # a probe connection would use up -naccept 1
-        if time.monotonic() > deadline:
-            raise RuntimeError("openssl s_server did not start")
-        time.sleep(0.01)
-    started = time.time()
-    with open(out, "wb") as sink:
-        client = subprocess.run(
-            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet", "-no_ign_eof", "-nocommands",
-             "-cert", str(certs / "clients" / "sender.pem"), "-key", str(certs / "clients" / "sender.key"), *common],
-            stdin=server.stdout, stdout=sink, stderr=subprocess.DEVNULL, timeout=900,
-        )
-    elapsed = time.time() - started
-    server.wait(30)
-    received = out.stat().st_size
-    out.unlink()
-    if client.returncode != 0 or received != payload.stat().st_size:
-        raise RuntimeError(f"openssl moved {received} bytes, rc {client.returncode}")
-    return {"seconds": round(elapsed, 3), "MB_per_s": round(received / elapsed / MB, 1)}
+    started_procs: list[subprocess.Popen] = []
+    try:
+        with open(out, "wb") as sink:
+            # stdin: a pipe nobody writes to, so s_server never has terminal input to send.
+            server = children.spawn(
+                ["openssl", "s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-quiet", "-Verify", "1",
+                 "-num_tickets", "0", "-cert", str(certs / "server.pem"), "-key", str(certs / "server.key"),
+                 *common],
+                stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.DEVNULL,
+            )
+        started_procs.append(server)
+        port = listening_port(server, 10)
+        started = time.time()
+        with open(payload, "rb") as source:
+            client = children.spawn(
+                ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet", "-no_ign_eof", "-nocommands",
+                 "-cert", str(certs / "clients" / "sender.pem"), "-key", str(certs / "clients" / "sender.key"),
+                 *common],
+                stdin=source, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        started_procs.append(client)
+        try:
+            client.wait(children.budget.wait_s(900))
+            server.wait(children.budget.wait_s(30))  # it ends at the client's close_notify
+        except subprocess.TimeoutExpired:
+            children.budget.check("waiting for openssl")
+            raise RuntimeError("openssl s_server | s_client did not finish") from None
+        elapsed = time.time() - started
+        received = out.stat().st_size
+        if client.returncode != 0 or received != payload.stat().st_size:
+            raise RuntimeError(f"openssl moved {received} bytes, rc {client.returncode}/{server.returncode}")
+        return {"seconds": round(elapsed, 3), "MB_per_s": round(received / elapsed / MB, 1)}
+    finally:
+        for proc in started_procs:
+            if proc.stdin:
+                proc.stdin.close()
+            children.stop(proc)
+        out.unlink(missing_ok=True)
 
 
 def handshakes_per_second(folder: Path, certs: Path, seconds: float, workers: int = 4) -> dict:
@@ -226,7 +270,7 @@ def handshakes_per_second(folder: Path, certs: Path, seconds: float, workers: in
 
         def hammer(i: int) -> None:
             while time.monotonic() < deadline:
-                connect("127.0.0.1", port, context).close()
+                connect("127.0.0.1", port, context, timeout=min(10.0, children.budget.wait_s(10))).close()
                 counts[i] += 1
 
         started = time.monotonic()
@@ -288,15 +332,29 @@ def main() -> int:
     parser.add_argument("--fanout", type=int, default=0, help="extra clients that also receive (through the room)")
     parser.add_argument("--handshake-seconds", type=float, default=5.0)
     parser.add_argument("--smoke", action="store_true", help="4 MiB, one round, short handshake test")
+    parser.add_argument("--deadline", type=float,
+                        help=f"seconds the whole run may take, every wait included (--smoke: {SMOKE_DEADLINE_S:g})")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
     if args.smoke:
         args.size, args.rounds, args.handshake_seconds = "4MiB", 1, 1.0
+        args.deadline = args.deadline or SMOKE_DEADLINE_S
     try:
         size = parse_size(args.size)
     except UsageError as exc:
         parser.error(str(exc))
+    children.start_budget(args.deadline)
+    with children.stopped_on_exit():
+        try:
+            results = run(args, size)
+        except (RuntimeError, OSError, SecureChatError) as exc:  # BudgetSpent included
+            return children.fail(str(exc))
+    report(args, results)
+    return 0
+
+
+def run(args: argparse.Namespace, size: int) -> dict:
     have_openssl = shutil.which("openssl") is not None
     if not have_openssl:
         print("openssl not found: measuring securechat only", file=sys.stderr)
@@ -321,7 +379,11 @@ def main() -> int:
                 line += f"   openssl {round_result['openssl']['MB_per_s']:7.1f} MB/s"
             print(line, flush=True)
         results["handshakes"] = handshakes_per_second(folder, certs, args.handshake_seconds)
+    return results
 
+
+def report(args: argparse.Namespace, results: dict) -> None:
+    have_openssl = all(r.get("openssl") for r in results["rounds"])
     sc_rounds = [r["securechat"] for r in results["rounds"]]
     summary = {
         "securechat_MB_per_s": median([r["MB_per_s"] for r in sc_rounds]),
@@ -348,7 +410,6 @@ def main() -> int:
             plot(results, args.plot)
         except ImportError:
             print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ and thread count can be read from /proc). The participants all live in this
 process and use the package's own client code (securechat.client.Client:
 real TLS 1.3 handshakes, hello, the Connection I/O threads). Prints the
 numbers and, with --json-out, writes them to a file. Loopback only.
+
+Every wait is bounded by --deadline; the server runs in its own process group
+and is stopped on any exit, SIGTERM included (scripts/children.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import random
 import subprocess
 import sys
@@ -28,8 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import children  # noqa: E402
 from securechat.certs import generate  # noqa: E402
 from securechat.client import Client  # noqa: E402
 from securechat.commands import Say, SendFile  # noqa: E402
@@ -81,18 +87,25 @@ def proc_status(pid: int) -> dict[str, float]:
 @contextlib.contextmanager
 def running_server(certs: Path, downloads: Path) -> Iterator[tuple[int, int]]:
     """A real `securechat serve` for the block: yields its (pid, port); always stopped."""
-    server = subprocess.Popen(
+    server = children.spawn(
         [sys.executable, "-m", "securechat", "serve", "--host", "127.0.0.1", "--port", "0",
          "--certs", str(certs), "--downloads", str(downloads), "--json"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
     )
     try:
-        first = json.loads(server.stdout.readline())
-        threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()  # keep draining
-        yield server.pid, first["port"]
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in server.stdout] + [lines.put("")],
+                         daemon=True).start()  # drains it for as long as it runs
+        try:
+            first = lines.get(timeout=children.budget.wait_s(30))
+        except queue.Empty:
+            children.budget.check("starting the server")
+            raise RuntimeError("securechat serve did not start within 30 s") from None
+        if not first:
+            raise RuntimeError(f"securechat serve exited ({server.wait(5)}) before listening")
+        yield server.pid, json.loads(first)["port"]
     finally:
-        server.terminate()
-        server.wait(30)
+        children.stop(server, grace=30)
 
 
 def close_all(clients) -> None:
@@ -141,7 +154,7 @@ def chat_fanout(clients, server_pid: int, messages: int, rate: float, drain_time
             status = proc_status(server_pid)
             peak["threads"] = max(peak["threads"], status["threads"])
     expected = messages * (n - 1)
-    deadline = time.monotonic() + drain_timeout
+    deadline = time.monotonic() + children.budget.wait_s(drain_timeout)
     while time.monotonic() < deadline:
         got = sum(sum(1 for _, e, _ in console.events if e == "message") for _, console in clients)
         if got >= expected:
@@ -189,7 +202,7 @@ def file_fanout(clients, server_pid: int, size: int, folder: Path, timeout: floa
     expected_names = {c.name for c, _ in recipients} | {"server"}
     started = time.monotonic()
     sender.handle(SendFile(path))
-    deadline = started + timeout
+    deadline = started + children.budget.wait_s(timeout)
     with sender_console.changed:
         while time.monotonic() < deadline:
             answered = [f for _, e, f in sender_console.events
@@ -226,9 +239,19 @@ def main() -> int:
     parser.add_argument("--fanout-recipients", type=int, default=10, help="clients receiving the file (+ the operator)")
     parser.add_argument("--skip-chat", action="store_true")
     parser.add_argument("--skip-fanout", action="store_true")
+    parser.add_argument("--deadline", type=float, help="seconds the whole run may take, every wait included")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    children.start_budget(args.deadline)
+    with children.stopped_on_exit():
+        try:
+            results = run(args)
+        except (RuntimeError, OSError) as exc:  # BudgetSpent included
+            return children.fail(str(exc))
+    return report(args, results)
 
+
+def run(args: argparse.Namespace) -> dict:
     results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="securechat-load-") as tmp:
         folder = Path(tmp)
@@ -256,7 +279,10 @@ def main() -> int:
                 results["fanout"] = file_fanout(clients, pid, args.fanout_size, folder, timeout=600)
                 print(json.dumps(results["fanout"], indent=2), flush=True)
                 close_all(clients)
+    return results
 
+
+def report(args: argparse.Namespace, results: dict) -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2) + "\n")
     chat = results.get("chat")

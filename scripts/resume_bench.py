@@ -10,6 +10,9 @@ again on the same downloads folder. Printed (and --json-out): bytes the
 receiver had written when it died, the offset it resumed from (so the bytes
 sent twice), the seconds from restart to the resume (the prefix check), the
 seconds to the verified delivery, and whether the SHA-256 matched.
+
+Every wait is bounded by --deadline; every process runs in its own process
+group and is stopped on any exit, SIGTERM included (scripts/children.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -25,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import children  # noqa: E402
 from bench import Events, make_payload  # noqa: E402
 
 from securechat.certs import generate  # noqa: E402
@@ -61,11 +67,13 @@ def run(folder: Path, size: int) -> dict:
         sender, receiver = join("sender"), join("receiver")
         started = time.time()
         sender.send(f"/send @receiver {payload}")
+        half_by = time.monotonic() + children.budget.wait_s(600)
         while partial_size(folder / "receiver-dl") < size // 2:
-            if time.time() - started > 600:
+            if time.monotonic() > half_by:
+                children.budget.check("waiting for half the file")
                 raise RuntimeError("the transfer never reached half")
             time.sleep(0.005)
-        receiver.proc.kill()
+        os.killpg(receiver.proc.pid, signal.SIGKILL)  # pull the plug: no clean-up in the receiver
         receiver.proc.wait(10)
         killed_at = time.time()
         written = partial_size(folder / "receiver-dl")
@@ -95,10 +103,15 @@ def run(folder: Path, size: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"))
+    parser.add_argument("--deadline", type=float, help="seconds the whole run may take, every wait included")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="securechat-resume-") as tmp:
-        result = run(Path(tmp), args.size)
+    children.start_budget(args.deadline)
+    with children.stopped_on_exit(), tempfile.TemporaryDirectory(prefix="securechat-resume-") as tmp:
+        try:
+            result = run(Path(tmp), args.size)
+        except (RuntimeError, OSError) as exc:  # BudgetSpent included
+            return children.fail(str(exc))
     print(json.dumps(result, indent=2))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2) + "\n")

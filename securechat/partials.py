@@ -19,8 +19,23 @@ A prefix that fails the check is thrown away and the transfer starts at zero.
 
 Each .part holds an exclusive flock while a transfer writes it, so two
 transfers (or two processes sharing a downloads folder) never write one file.
-Partials not touched for KEEP_FOR are deleted, and one sender keeps at most
-MAX_PER_SENDER of them; both are swept whenever a new file starts arriving.
+
+Limits on what one sender leaves behind (a member that starts and aborts files
+must not fill a receiver's disk):
+
+- at most MAX_PER_SENDER (8) kept partials per sender, and
+- at most `byte cap` bytes of them: MAX_BYTES_PER_SENDER (4 GiB; the
+  environment variable SECURECHAT_PARTIAL_BYTES_PER_SENDER, in bytes, sets
+  another) or a tenth of the free space (counting that sender's kept partials
+  as free), whichever is smaller;
+- none untouched for KEEP_FOR (7 days).
+
+Both per-sender caps are enforced the moment a partial is kept (`release`:
+the transfer was aborted or its connection lost), oldest first, the one just
+kept included: a partial bigger than the byte cap on its own is not kept.
+Partials being written (flock held) are not "kept" yet and are never deleted.
+The caps and the age limit are swept again whenever a new file starts
+arriving, which also catches what a killed receiver left.
 """
 
 from __future__ import annotations
@@ -33,12 +48,15 @@ import os
 import secrets
 import time
 
-from .errors import TransferError
+from .errors import TransferError, UsageError
 
 PARTIAL_DIR = ".securechat-partial"
 CHECKPOINT_EVERY = 4 * 1024 * 1024  # a killed receiver re-fetches at most this much
 KEEP_FOR = 7 * 24 * 3600  # seconds an untouched partial is kept
 MAX_PER_SENDER = 8  # partials kept per sender; the oldest go first
+MAX_BYTES_PER_SENDER = 4 * 1024**3  # bytes of partials kept per sender, unless the environment says otherwise
+FREE_SPACE_SHARE = 10  # and never more than a tenth of the free space
+BYTES_PER_SENDER_ENV = "SECURECHAT_PARTIAL_BYTES_PER_SENDER"
 MAX_SIDECAR_BYTES = 4096
 ORPHAN_AGE = 3600  # seconds before a .part without sidecar (or a torn sidecar write) is deleted
 _READ_SIZE = 1024 * 1024
@@ -77,6 +95,16 @@ class Sidecar:
         return sidecar if ok else None
 
 
+def bytes_per_sender_setting() -> int:
+    """The byte cap on one sender's kept partials before the free-space share: the default or the environment's."""
+    text = os.environ.get(BYTES_PER_SENDER_ENV, "").strip()
+    if not text:
+        return MAX_BYTES_PER_SENDER
+    if not text.isdigit():
+        raise UsageError(f"{BYTES_PER_SENDER_ENV}={text!r}: give a number of bytes, e.g. 1073741824")
+    return int(text)
+
+
 def partial_key(sender: str, size: int, sha256: str) -> str:
     return hashlib.sha256(f"{sender}\0{size}\0{sha256}".encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
@@ -84,7 +112,8 @@ def partial_key(sender: str, size: int, sha256: str) -> str:
 class PartialStore:
     """The hidden partial area of one downloads folder."""
 
-    def __init__(self, downloads_fd: int) -> None:
+    def __init__(self, downloads_fd: int, max_bytes_per_sender: int = MAX_BYTES_PER_SENDER) -> None:
+        self.max_bytes_per_sender = max_bytes_per_sender
         try:
             os.mkdir(PARTIAL_DIR, 0o700, dir_fd=downloads_fd)
         except FileExistsError:
@@ -157,11 +186,13 @@ class PartialStore:
         os.close(fd)
         return True
 
-    def sweep(self, sender: str | None = None, name: str | None = None, keep: str | None = None) -> list[Sidecar]:
-        """Delete partials that expired, that `sender` holds beyond its quota, and that `sender`
-        has for `name` under another key than `keep` (the same name offered with other content:
-        the file changed). Returns the sidecars deleted for that last reason."""
-        now = time.time()
+    def sweep(self, sender: str | None = None, name: str | None = None, keep: str | None = None,
+              now: float | None = None) -> list[Sidecar]:
+        """Delete partials that expired, that `sender` keeps beyond its caps (see the module
+        docstring), and that `sender` has for `name` under another key than `keep` (the same
+        name offered with other content: the file changed). Returns the sidecars deleted for
+        that last reason."""
+        now = time.time() if now is None else now
         mine: list[tuple[float, str]] = []
         changed: list[Sidecar] = []
         for entry in os.listdir(self.fd):
@@ -184,10 +215,59 @@ class PartialStore:
                     _unlink(entry, self.fd)
                 elif ext == "part" and self._age(f"{key}.json", now) < 0:
                     self._remove_if_idle(key)
-        mine.sort()
-        for _, key in mine[: max(0, len(mine) - MAX_PER_SENDER + 1)]:
-            self._remove_if_idle(key)
+        self._enforce_caps(mine)
         return changed
+
+    def _enforce_caps(self, partials: list[tuple[float, str]]) -> None:
+        """Keep the newest of one sender's (updated, key) partials within both caps; delete the rest."""
+        kept = [(updated, key, self._part_size(key)) for updated, key in partials if not self._busy(key)]
+        kept.sort(reverse=True)
+        cap = self.byte_cap(sum(size for _, _, size in kept))
+        count = total = 0
+        full = False
+        for _, key, size in kept:
+            # Once one does not fit, everything older goes too (even what would fit): oldest first.
+            full = full or count == MAX_PER_SENDER or total + size > cap
+            if full:
+                self._remove_if_idle(key)
+            else:
+                count += 1
+                total += size
+
+    def byte_cap(self, kept_bytes: int = 0) -> int:
+        """Bytes one sender may keep here: the setting, or a tenth of the free space counting
+        `kept_bytes` (that sender's partials) as free, so a partial does not shrink its own cap."""
+        return min(self.max_bytes_per_sender, (self.free_bytes() + kept_bytes) // FREE_SPACE_SHARE)
+
+    def free_bytes(self) -> int:
+        st = os.fstatvfs(self.fd)
+        return st.f_bavail * st.f_frsize
+
+    def _part_size(self, key: str) -> int:
+        try:
+            return os.stat(f"{key}.part", dir_fd=self.fd, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            return 0
+
+    def _busy(self, key: str) -> bool:
+        """Whether a transfer is writing this partial now (it holds the flock)."""
+        try:
+            fd = os.open(f"{key}.part", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the shared lock
+        return False
+
+    def keep(self, partial: "Partial") -> bool:
+        """A transfer stopped and `partial` (closed) is kept: apply its sender's caps now,
+        counting it. Whether it is still there (False: alone it is over the byte cap)."""
+        self.sweep(partial.sidecar.sender)
+        return self._read_sidecar(partial.key) is not None
 
     def _age(self, entry: str, now: float) -> float:
         """Seconds since `entry` changed; -1 if it does not exist."""
@@ -253,15 +333,22 @@ class Partial:
             os.close(fd)
         os.replace(temp, f"{self.key}.json", src_dir_fd=self.store.fd, dst_dir_fd=self.store.fd)
 
-    def release(self) -> None:
-        """Stop writing; keep the partial for a later resume."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+    def release(self) -> bool:
+        """Stop writing and keep the partial for a later resume, within its sender's caps
+        (enforced now, this one counted). Whether it was kept."""
+        if self.fd < 0:
+            return False
+        self._close()
+        return self.store.keep(self)
 
     def remove(self) -> None:
         """Delete the partial (it was published, or it cannot be trusted)."""
         if self.fd >= 0:
             self.store.remove(self.key)
-        self.release()
+        self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 

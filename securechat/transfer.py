@@ -27,7 +27,7 @@ from . import frames
 from .checksums import append_sum
 from .errors import TransferError, UsageError
 from .filenames import numbered_alternative, safe_filename
-from .partials import CHECKPOINT_EVERY, PartialStore
+from .partials import CHECKPOINT_EVERY, PartialStore, bytes_per_sender_setting
 
 FREE_SPACE_RESERVE = 64 * 1024 * 1024  # never fill the disk to the last byte
 MAX_NAME_ATTEMPTS = 10_000
@@ -70,6 +70,7 @@ class Downloads:
             raise UsageError(f"cannot use downloads folder {path}: {exc.strerror}") from exc
         self._publish_lock = threading.Lock()
         self._partials: PartialStore | None = None
+        self._partial_bytes_per_sender = bytes_per_sender_setting()  # a bad setting stops us here, not mid-file
 
     def close(self) -> None:
         if self._partials is not None:
@@ -95,7 +96,7 @@ class Downloads:
         """The hidden area files are received into; created when the first file arrives."""
         with self._publish_lock:
             if self._partials is None:
-                self._partials = PartialStore(self._fd)
+                self._partials = PartialStore(self._fd, self._partial_bytes_per_sender)
             return self._partials
 
     def publish(self, src_dir_fd: int, src_name: str, wanted: str, sha256: str) -> Path:
@@ -235,7 +236,8 @@ class IncomingFile:
                 self.discard()
 
     def suspend(self) -> int:
-        """Stop without publishing and keep what arrived for a resume; returns the bytes kept."""
+        """Stop without publishing and keep what arrived for a resume, within the sender's caps
+        (partials.py); returns the bytes kept (0 if none could be)."""
         if self._done:
             return 0
         self._done = True
@@ -248,8 +250,8 @@ class IncomingFile:
             except OSError:
                 pass  # the last checkpoint stands
         self._error = self._error or TransferError("suspended")
-        self.partial.release()
-        return kept
+        # Keeping it applies the sender's caps at once; this partial may be the one they delete.
+        return kept if self.partial.release() else 0
 
     def discard(self) -> None:
         """Delete the partial: what arrived cannot be trusted (safe to call more than once)."""

@@ -1,22 +1,35 @@
-"""The benchmark's smoke mode runs in CI so the script cannot rot (it asserts no timings)."""
+"""The scripts in scripts/: their smoke modes run in CI so they cannot rot (no timings are
+asserted), every wait in them is bounded, and nothing they start outlives them."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from securechat.certs import generate
+
+from conftest import processes_of_this_run, run_script, stop_leftovers, stop_process_group
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(240)
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--smoke", "--json-out", str(out)],
-                            capture_output=True, text=True, timeout=280)
+    # The script's own deadline (150 s in --smoke mode) ends it well before run_script gives up.
+    result = run_script([sys.executable, str(SCRIPTS / "bench.py"), "--smoke", "--json-out", str(out)], timeout=200)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "round 1: securechat" in result.stdout
     summary = json.loads(out.read_text())["summary"]
@@ -25,13 +38,117 @@ def test_bench_smoke(tmp_path):
         assert summary[key] is not None and summary[key] > 0, key
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(240)
 def test_load_smoke(tmp_path):
     out = tmp_path / "load.json"
-    result = subprocess.run([sys.executable, str(SCRIPTS / "load.py"), "--clients", "8", "--messages", "20",
-                             "--fanout-size", "4MiB", "--fanout-recipients", "3", "--json-out", str(out)],
-                            capture_output=True, text=True, timeout=280)
+    result = run_script([sys.executable, str(SCRIPTS / "load.py"), "--clients", "8", "--messages", "20",
+                         "--fanout-size", "4MiB", "--fanout-recipients", "3", "--deadline", "150",
+                         "--json-out", str(out)], timeout=200)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["chat"]["deliveries"] == report["chat"]["deliveries_expected"] == 20 * 7
     assert report["fanout"]["all_verified"]
+
+
+@needs_openssl
+@pytest.mark.timeout(120)
+def test_openssl_round_never_hangs(tmp_path):
+    # It used to hang about one round in six (see scripts/bench.py): forty rounds in a row
+    # would all but certainly have caught it. The budget makes a hang fail, not stall.
+    import bench
+    import children
+
+    certs = tmp_path / "certs"
+    generate(certs, ["sender"], [])
+    payload = tmp_path / "payload.bin"
+    bench.make_payload(payload, 1024 * 1024)
+    children.start_budget(90)
+    try:
+        for _ in range(40):
+            result = bench.openssl_round(tmp_path, certs, payload)
+            assert result["MB_per_s"] > 0
+    finally:
+        children.start_budget(None)
+        children.stop_all()
+
+
+def _wait_for_children(pid: int, names: set[str], timeout: float = 60) -> None:
+    """Until the process `pid` has had a child running each of `names` (by command line),
+    and has one running now."""
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while True:
+        running = set()
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    command = f.read().decode("utf-8", "replace")
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                running |= {name for name in names if name in command}
+        seen |= running
+        if seen == names and running:
+            return
+        assert time.monotonic() < deadline, f"children seen: {seen}, wanted {names}"
+        time.sleep(0.02)
+
+
+def _start_script(args: list[str], marker: str) -> subprocess.Popen:
+    name, value = marker.split("=")
+    return subprocess.Popen([sys.executable, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, name: value})
+
+
+@needs_openssl
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_bench_and_everything_it_started(tmp_path):
+    marker = f"SECURECHAT_TEST_SCRIPT={uuid.uuid4().hex}"  # inherited by all it starts
+    script = _start_script([str(SCRIPTS / "bench.py"), "--size", "64MiB", "--rounds", "50"], marker)
+    try:
+        _wait_for_children(script.pid, {"securechat", "openssl"})  # some round of each is running
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(30) == 128 + signal.SIGTERM
+        # Checked at once: the script returns only after its children are gone.
+        assert processes_of_this_run(marker) == {}
+    finally:
+        stop_process_group(script)
+        stop_leftovers(grace=0, marker=marker)
+
+
+@pytest.mark.timeout(120)
+def test_deadline_ends_a_run_with_one_line_and_nothing_left(tmp_path):
+    marker = f"SECURECHAT_TEST_SCRIPT={uuid.uuid4().hex}"
+    script = _start_script([str(SCRIPTS / "bench.py"), "--size", "64MiB", "--rounds", "50", "--deadline", "3"],
+                           marker)
+    try:
+        _, err = script.communicate(timeout=60)
+        assert script.returncode == 1
+        assert err.strip().splitlines()[-1].startswith("error: --deadline of 3 s spent while"), err[-2000:]
+        assert "Traceback" not in err
+        assert processes_of_this_run(marker) == {}
+    finally:
+        stop_process_group(script)
+        stop_leftovers(grace=0, marker=marker)
+
+
+def test_an_orphaned_process_is_still_found_and_stopped(tmp_path):
+    # What the per-test and end-of-session checks in conftest rely on: a grandchild whose
+    # parent has exited (reparented away from us) still carries the run's marker.
+    marker = f"SECURECHAT_TEST_SCRIPT={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], env={**os.environ, name: value},
+                   check=True, timeout=10, capture_output=True)
+    found = processes_of_this_run(marker)
+    try:
+        assert [cmd for cmd in found.values()] == ["sleep 60"]
+    finally:
+        killed = stop_leftovers(grace=0, marker=marker)
+    assert killed == found
+    deadline = time.monotonic() + 10
+    while processes_of_this_run(marker):
+        assert time.monotonic() < deadline, "SIGKILL did not stop it"
+        time.sleep(0.05)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 def type_keys(term: Tmux, *keys: str) -> None:
     import subprocess
 
-    subprocess.run(["tmux", "send-keys", "-t", term.session, *keys], check=True, timeout=10)
+    subprocess.run([*term.tmux, "send-keys", "-t", term.session, *keys], check=True, timeout=10)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -31,18 +32,23 @@ EVIL = [
 class Tmux:
     def __init__(self, command: list[str], cwd) -> None:
         self.session = f"sc-{uuid.uuid4().hex[:8]}"
+        # A tmux server of its own (not the user's, nor another test run's): kill() stops it
+        # and everything in it, and nothing else.
+        self.tmux = ["tmux", "-L", f"securechat-test-{self.session}"]
         # The pane outlives the program (tmux would destroy it, and its screen, on exit)
         # and shows how it ended; kill() ends the sleep.
         shell = f'{shlex.join(command)}; echo "[exited $?]"; sleep 600'
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
-                        "-c", str(cwd), shell], check=True, timeout=10)
+        subprocess.run([*self.tmux, "-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", "200",
+                        "-y", "50", "-c", str(cwd), shell], check=True, timeout=10)
+        self.socket_path = subprocess.run([*self.tmux, "display-message", "-p", "#{socket_path}"],
+                                          capture_output=True, text=True, timeout=10).stdout.strip()
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.session], capture_output=True,
+        return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.session], capture_output=True,
                               text=True, timeout=10).stdout
 
     def title(self) -> str:
-        return subprocess.run(["tmux", "display-message", "-p", "-t", self.session, "#{pane_title}"],
+        return subprocess.run([*self.tmux, "display-message", "-p", "-t", self.session, "#{pane_title}"],
                               capture_output=True, text=True, timeout=10).stdout.strip()
 
     def wait_for(self, text: str, timeout: float = 20) -> str:
@@ -56,7 +62,9 @@ class Tmux:
             time.sleep(0.1)
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True, timeout=10)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True, timeout=10)
+        if self.socket_path:  # tmux leaves it behind
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 def test_escape_sequences_are_shown_not_obeyed(room, pki, tmp_path):
