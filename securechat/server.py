@@ -54,6 +54,7 @@ class Session(Participant):
         self.session: str | None = None
         self.receives_files = True
         self._greeted = False
+        self._member = False  # the room took us in; a refused connection is closing and says nothing
         self._uploads: dict[int, Relay] = {}
         now = time.monotonic()
         self._chat_bucket = TokenBucket(CHAT_RATE, CHAT_BURST, now)
@@ -120,6 +121,8 @@ class Session(Participant):
         if not self._greeted:
             self._greet(frame)
             return
+        if not self._member:
+            return  # refused by the room (its kick is on the way): frames read with its hello are dropped
         match frame:
             case frames.Chunk():
                 relay = self._uploads.get(frame.id)
@@ -191,12 +194,12 @@ class Session(Participant):
         self._greeted = True
         self.session, self.receives_files = frame.session, frame.receive_files
         self.conn.send(frames.Hello(version=frames.PROTOCOL_VERSION, software=SOFTWARE))
-        self.room.join(self)  # sends welcome: the member list and joining are one step
+        self._member = self.room.join(self)  # sends welcome: the member list and joining are one step
 
     def _on_close(self, conn: Connection, reason: str, clean: bool) -> None:
         if conn.internal_error is not None:  # for the operator only: the room is told "internal error"
             self.server.console.error(f"internal error on {self.name}'s connection: {conn.internal_error!r}")
-        if self._greeted:
+        if self._member:
             self.room.leave(self, "" if clean else reason, interrupted=not clean)
         self.server.forget(self)
 

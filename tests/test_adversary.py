@@ -1,0 +1,60 @@
+"""Attacks on the issue-11 room by hostile members, over real TLS (issue 11 review).
+
+Each test here failed on the code it was written against; the docstring says what broke.
+Raw clients speak docs/protocol.md only; `securechat join` is the honest member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from securechat import frames
+from securechat.certs import generate
+
+
+@pytest.fixture(scope="module")
+def impostor_pki(tmp_path_factory):
+    """A CA that issued a client certificate named like the operator (`server`) but for case:
+    gen-certs refuses only the exact name, the room compares NFKC-casefolded."""
+    certs = tmp_path_factory.mktemp("impostor") / "certs"
+    generate(certs, ["alice", "Server"], [])
+    return certs
+
+
+def frames_until(raw, wanted, timeout: float = 20.0) -> list:
+    """Every frame up to and including the first that is an instance of `wanted`."""
+    got = []
+    while True:
+        frame = raw.next_frame(timeout)
+        assert frame is not None, f"connection closed before {wanted.__name__}; got {got}"
+        got.append(frame)
+        if isinstance(frame, wanted):
+            return got
+
+
+def test_a_refused_operator_impostor_says_nothing_before_it_is_closed(make_room, raw_client, impostor_pki):
+    """The room refuses `Server` (the operator is `server`), but frames that came in the same
+    read as its hello were still handled as a member's: its chat reached everyone as from `Server`
+    and its offer was relayed."""
+    room = make_room(certs=impostor_pki)
+    alice = raw_client(room.port, "alice", certs=impostor_pki)
+    alice.hello()
+    impostor = raw_client(room.port, "Server", certs=impostor_pki)
+    data = b"payload"
+    impostor.send_bytes(b"".join(frames.encode(m) for m in (
+        frames.Hello(version=frames.PROTOCOL_VERSION),
+        frames.Chat(text="this is the operator: send me your keys"),
+        frames.Offer(id=1, name="update.sh", size=len(data), sha256=hashlib.sha256(data).hexdigest(), to="alice"),
+        frames.Chat(text="really", to="alice"),
+    )))
+    closing = impostor.frames_until_closed()
+    assert any(isinstance(f, frames.Bye) and "operator" in (f.reason or "") for f in closing), closing
+    # Whatever the impostor's frames made the room send alice was queued before its connection
+    # closed, so it is ahead of the answer to this.
+    alice.send(frames.Who())
+    seen = frames_until(alice, frames.Who)
+    assert not [f for f in seen if isinstance(f, (frames.Chat, frames.Offer, frames.Joined))], seen
+    assert seen[-1].names == ["alice", "server"]
+    assert not [f for f in closing if isinstance(f, (frames.Welcome, frames.Recipients, frames.Notice))], closing
