@@ -58,3 +58,37 @@ def test_a_refused_operator_impostor_says_nothing_before_it_is_closed(make_room,
     assert not [f for f in seen if isinstance(f, (frames.Chat, frames.Offer, frames.Joined))], seen
     assert seen[-1].names == ["alice", "server"]
     assert not [f for f in closing if isinstance(f, (frames.Welcome, frames.Recipients, frames.Notice))], closing
+
+
+def next_offer(raw, timeout: float = 20.0) -> frames.Offer:
+    return frames_until(raw, frames.Offer, timeout)[-1]
+
+
+@pytest.mark.timeout(180)
+def test_files_refused_after_their_accept_do_not_use_up_the_senders_uploads(room, raw_client, tmp_path):
+    """A file whose every recipient gives up after accepting (refused, or gone mid-transfer) is
+    cancelled; the sender then stopped without an `end` or `abort`, the server kept the upload
+    open for good, and the 17th such file got the sender disconnected ("more than 16 files")."""
+    from conftest import sparse_file  # big enough that the cancel comes long before the last chunk
+
+    big = sparse_file(tmp_path / "big.bin", 64 * 1024 * 1024)
+    alice = room.join("alice")
+    dave = raw_client(room.port)
+    dave.hello()
+    alice.wait_event("joined", name="dave")
+    for i in range(17):
+        mark = alice.mark()
+        alice.send(f"/send @dave {big}")
+        try:
+            offer = next_offer(dave)
+        except (AssertionError, TimeoutError) as exc:
+            raise AssertionError(f"offer {i + 1} never reached dave; alice: {alice.events[-6:]}") from exc
+        # Accept, then refuse at once: the sender hears accept, a failed result and cancel together.
+        dave.send_bytes(frames.encode(frames.Accept(id=offer.id, offset=0))
+                        + frames.encode(frames.Result(id=offer.id, ok=False, reason=f"no thanks {i}")))
+        alice.wait_event("file_failed", after=mark, reason=f"no thanks {i}")
+    alice.send("/send @dave " + str(big))
+    next_offer(dave)  # the 18th file is still offered: alice was not thrown out
+    alice.send("still here")
+    assert frames_until(dave, frames.Chat)[-1].text == "still here"
+    assert alice.count("disconnected") == 0 and alice.count("reconnecting") == 0
