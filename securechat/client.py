@@ -144,6 +144,8 @@ class Client:
         if isinstance(frame, frames.Accept):
             self._accepted.add(frame.id)  # before the send thread can see it (outgoing.handle wakes it)
         if show_message(self.console, frame) or self.outgoing.handle(frame):
+            if isinstance(frame, frames.Result) and frame.interrupted:
+                self._resend_to_present()
             return
         match frame:
             case frames.Offer():
@@ -286,6 +288,14 @@ class Client:
             self.console.event("queued", waiting=waiting)
         else:
             self.console.error(f"not connected and {MAX_BACKLOG} lines are waiting already: this line was NOT sent")
+
+    def _resend_to_present(self) -> None:
+        """A recipient was cut off on one of its connections while another is still here (no
+        `left` came before the verdict): no `joined` will say it is back, so offer it again now;
+        the room picks that name's newest connection that receives files."""
+        with self._presence:
+            present = sorted(self.present)
+        self._resend(self.outgoing.due(present))
 
     def _resend(self, retries: list[Retry]) -> None:
         for retry in retries:

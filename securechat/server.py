@@ -216,10 +216,17 @@ class Operator(Participant):
 
     def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
         if isinstance(message, frames.Joined):
-            for retry in self.outgoing.due([message.name]):  # back after a drop: resume what it missed
-                threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="operator-resend",
-                                 daemon=True).start()
+            self._resend(self.outgoing.due([message.name]))  # back after a drop: resume what it missed
         show_message(self.console, message) or self.outgoing.handle(message)
+        if isinstance(message, frames.Result) and message.interrupted:
+            # Cut off on one connection while another of its is still here: no `joined` will
+            # come, so offer it again now (we hold the room lock; names() may take it again).
+            self._resend(self.outgoing.due(self.room.names()))
+
+    def _resend(self, retries: list[Retry]) -> None:
+        for retry in retries:
+            threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="operator-resend",
+                             daemon=True).start()
 
     def greet(self, members: list[str]) -> None:
         pass  # the operator is in the room from the start

@@ -92,3 +92,59 @@ def test_files_refused_after_their_accept_do_not_use_up_the_senders_uploads(room
     alice.send("still here")
     assert frames_until(dave, frames.Chat)[-1].text == "still here"
     assert alice.count("disconnected") == 0 and alice.count("reconnecting") == 0
+
+
+def connect_as(raw_client, port: int, name: str, session: str, receive_files: bool = True):
+    """A raw connection of `name` naming its session, welcomed."""
+    raw = raw_client(port, name)
+    raw.send(frames.Hello(version=frames.PROTOCOL_VERSION, session=session, receive_files=receive_files))
+    assert isinstance(raw.next_frame(), frames.Hello)
+    assert isinstance(raw.next_frame(), frames.Welcome)
+    return raw
+
+
+def receive(raw, offer: frames.Offer, offset: int = 0) -> bytes:
+    """Accept `offer` from `offset`, read its chunks to its end and verify it, as a receiver does."""
+    raw.send(frames.Accept(id=offer.id, offset=offset))
+    data = bytearray()
+    while True:
+        frame = raw.next_frame(20)
+        assert frame is not None, "closed while receiving"
+        if isinstance(frame, frames.Chunk) and frame.id == offer.id:
+            data += frame.data
+        elif isinstance(frame, frames.End) and frame.id == offer.id:
+            break
+    return bytes(data)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sender", ["bob", "the operator"])
+def test_a_file_cut_off_on_one_device_reaches_the_recipient_still_present(room, raw_client, tmp_path, sender):
+    """dave is here twice (a laptop, then a phone). bob's file goes to the phone, whose
+    connection drops mid-file: bob is told `interrupted` and waits to resume when dave is
+    "back", which it learned only from `joined`. dave never left (his laptop is here), so no
+    `joined` ever came and the file waited for nothing until RESUME_WAIT ran out. The same
+    for a file the operator sends."""
+    import os
+
+    bob = room.join("bob") if sender == "bob" else room.server
+    laptop = connect_as(raw_client, room.port, "dave", "dave-laptop")
+    bob.wait_event("joined", name="dave")
+    phone = connect_as(raw_client, room.port, "dave", "dave-phone-1")
+    content = os.urandom(3 * 1024 * 1024)
+    (tmp_path / "photos.zip").write_bytes(content)
+    bob.send(f"/send @dave {tmp_path / 'photos.zip'}")
+    offer = next_offer(phone)  # the newest connection that receives files
+    phone.send(frames.Accept(id=offer.id, offset=0))
+    frames_until(phone, frames.Chunk)
+    phone.close()  # the phone's network goes: no bye
+    assert "dave" in bob.wait_event("file_interrupted", to="dave")["reason"]
+    try:
+        again = next_offer(laptop, timeout=20)
+    except TimeoutError as exc:
+        raise AssertionError(f"photos.zip was never offered to dave again; bob: {bob.events[-4:]}") from exc
+    assert again.name == "photos.zip" and again.sha256 == offer.sha256
+    assert receive(laptop, again) == content
+    laptop.send(frames.Result(id=again.id, ok=True, sha256=again.sha256))
+    bob.wait_event("file_delivered", to="dave", name="photos.zip")
+    assert bob.count("left", name="dave") == 0
