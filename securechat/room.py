@@ -310,9 +310,11 @@ class Room:
 
     def end_relay(self, relay: Relay, sha256: str) -> None:
         relay.finished = relay.ended = True  # before any end goes out: a verdict may come back at once
-        for target in list(relay.targets):
+        # Taken under relay.lock: a recipient's thread may be removing itself from the list right now.
+        with relay.lock:
+            targets, relay.targets = relay.targets, []
+        for target in targets:
             target.end(relay, sha256)
-        relay.targets.clear()
         with self._lock:
             if not relay.pending:
                 self._relays.pop(relay.id, None)
@@ -324,9 +326,10 @@ class Room:
     def _abort(self, relay: Relay, reason: str) -> None:
         relay.finished = True
         relay.ready.set()
-        for target in list(relay.targets):
+        with relay.lock:  # the sender's thread may be removing a target that could take no more
+            targets, relay.targets = relay.targets, []
+        for target in targets:
             target.abort(relay, reason)
-        relay.targets.clear()
         for name in list(relay.pending):
             self._verdict(relay, name, False, reason, None)
 

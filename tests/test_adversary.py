@@ -7,11 +7,13 @@ Raw clients speak docs/protocol.md only; `securechat join` is the honest member.
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import pytest
 
 from securechat import frames
 from securechat.certs import generate
+from securechat.room import Participant, Room
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +150,73 @@ def test_a_file_cut_off_on_one_device_reaches_the_recipient_still_present(room, 
     laptop.send(frames.Result(id=again.id, ok=True, sha256=again.sha256))
     bob.wait_event("file_delivered", to="dave", name="photos.zip")
     assert bob.count("left", name="dave") == 0
+
+
+class Member(Participant):
+    """An in-memory participant that records what the room gives it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.got: list = []
+
+    def deliver(self, message, encoded=None):
+        self.got.append(message)
+
+    def offer(self, relay):
+        self.got.append(("offer", relay.id))
+
+    def start_sending(self, relay):
+        self.got.append(("start", relay.start))
+
+    def chunk(self, relay, frame, data, pause):
+        return True
+
+    def end(self, relay, sha256):
+        self.got.append(("end", sha256))
+
+    def abort(self, relay, reason):
+        self.got.append(("abort", reason))
+
+    def kick(self, reason):
+        pass
+
+
+class Targets(list):
+    """A relay's target list that lets another thread run at the worst moment for it: right
+    after someone found a target in it, before they remove it (the GIL can switch there)."""
+
+    def __init__(self, items, meanwhile) -> None:
+        super().__init__(items)
+        self.meanwhile, self.thread = meanwhile, None
+
+    def __contains__(self, item) -> bool:
+        found = super().__contains__(item)
+        if found and self.thread is None:
+            self.thread = threading.Thread(target=self.meanwhile, daemon=True)
+            self.thread.start()
+            self.thread.join(0.5)  # on a correct room it waits for our lock; we go on
+        return found
+
+
+def test_a_verdict_while_the_sender_ends_does_not_crash_the_recipients_connection():
+    """verdict() removed its recipient from relay.targets under relay.lock, but end_relay()
+    cleared the list without it: a refusal arriving as the sender ended raised ValueError on
+    the recipient's I/O thread, which dropped that honest member with "internal error"."""
+    room = Room("server")
+    sender, alice, bob = Member("sender"), Member("alice"), Member("bob")
+    for member in (sender, alice, bob):
+        assert room.join(member)
+    sha = "ab" * 32
+    relay = room.start_relay(sender, 7, "f.bin", 10, sha, None)
+    room.accepted(relay.id, alice, 0)
+    room.accepted(relay.id, bob, 0)
+    assert ("start", 0) in sender.got
+    relay.targets = targets = Targets(relay.targets, lambda: room.end_relay(relay, sha))
+    room.verdict(relay.id, alice, False, "disk full", None)
+    assert targets.thread is not None
+    targets.thread.join(10)
+    assert not targets.thread.is_alive()
+    assert [m.sender for m in sender.got if isinstance(m, frames.Result)] == ["alice"]
+    assert ("end", sha) in bob.got
+    room.verdict(relay.id, bob, True, "", sha)
+    assert [(m.sender, m.ok) for m in sender.got if isinstance(m, frames.Result)] == [("alice", False), ("bob", True)]
