@@ -139,9 +139,9 @@ class Session(Participant):
                 if problem:
                     self.deliver(frames.Notice(text=f"/msg {frame.to}: {problem}"))
             case frames.Offer():
+                self._forget_refused_uploads()  # first: an id cancelled before its accept is not open
                 if frame.id in self._uploads:
                     raise RemoteProtocolError(f"transfer id {frame.id} offered twice")
-                self._forget_refused_uploads()
                 if len(self._uploads) >= MAX_UPLOADS:
                     raise RemoteProtocolError(f"more than {MAX_UPLOADS} files sent at once")
                 self._pace_offers()

@@ -220,3 +220,21 @@ def test_a_verdict_while_the_sender_ends_does_not_crash_the_recipients_connectio
     assert ("end", sha) in bob.got
     room.verdict(relay.id, bob, True, "", sha)
     assert [(m.sender, m.ok) for m in sender.got if isinstance(m, frames.Result)] == [("alice", False), ("bob", True)]
+
+
+def test_an_id_whose_offer_was_cancelled_before_its_accept_may_be_offered_again(make_room, raw_client):
+    """protocol.md: the server forgets an id cancelled before its accept at the sender's next
+    offer, and only an id *still open* may not be offered again. The next offer reusing that id
+    was checked before the forgetting, and the sender was thrown out ("offered twice")."""
+    room = make_room("--max-file-size", "1KB")  # the operator, the only recipient, refuses 2 000 bytes
+    raw = raw_client(room.port)
+    raw.hello()
+    big = b"x" * 2000
+    assert raw.offer(5, "big.bin", big) is None  # recipients [server], its refusal, then cancel
+    small = b"small enough"
+    raw.send_file(5, "small.txt", small)
+    room.server.wait_event("file_received", name="small.txt")
+    result = frames_until(raw, frames.Result)[-1]
+    while not (result.id == 5 and result.ok):
+        result = frames_until(raw, frames.Result)[-1]
+    assert result.sha256 == hashlib.sha256(small).hexdigest()
