@@ -278,9 +278,11 @@ class Room:
             for name, member in list(relay.pending.items()):
                 if name not in relay.offsets:
                     with relay.lock:
-                        if member in relay.targets:
+                        offered = member in relay.targets
+                        if offered:
                             relay.targets.remove(member)
-                    member.abort(relay, "no answer to the offer in time")
+                    if offered:  # not after an end (a sender may end before the accept): one of them only
+                        member.abort(relay, "no answer to the offer in time")
                     self._verdict(relay, name, False, f"did not answer the offer within {ACCEPT_TIMEOUT:.0f} s", None)
 
     def relay_chunk(self, relay: Relay, data: memoryview, pause: Pause, frame: bytes | None = None) -> str | None:
