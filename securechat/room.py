@@ -43,6 +43,9 @@ Pause = Callable[[Outbox], None] | None  # None: block instead (for threads that
 # member would hold up the room: past this it is left out of that file and told.
 # The same limit as a stalled queue; checking a kept part takes ~1 s per GiB.
 ACCEPT_TIMEOUT = 10.0
+# Connections one identity may hold at once (devices, chats, `send` scripts). Each costs the
+# server a thread and buffers; one certificate must not be able to hold thousands.
+MAX_CONNECTIONS_PER_IDENTITY = 32
 
 
 class Participant:
@@ -145,6 +148,9 @@ class Room:
                     connections.remove(old)
                     self._forget(old, f"{old.name} reconnected", interrupted=True)
                     old.kick("replaced by a reconnect of the same session")
+            if len(connections) >= MAX_CONNECTIONS_PER_IDENTITY:
+                member.kick(f"{member.name} has {MAX_CONNECTIONS_PER_IDENTITY} connections here already")
+                return False
             member.greet(sorted(n for n in self._members if n != member.name))
             if not connections:
                 self._broadcast(frames.Joined(name=member.name), skip=member)

@@ -263,3 +263,26 @@ def test_a_recipient_slow_to_answer_never_gets_abort_after_end(room, raw_client)
     dave.send(frames.Offer(id=4, name="sync.bin", size=1, sha256="cd" * 32, to="bob"))
     after_end = frames_until(bob, frames.Offer)
     assert not [f for f in after_end if isinstance(f, (frames.Abort, frames.Chunk, frames.End))], after_end
+
+
+@pytest.mark.timeout(120)
+def test_one_identity_cannot_open_connections_without_end(room, raw_client):
+    """Before issue 11 one certificate meant one connection (a second replaced the first). Now one
+    identity may have several, and nothing bounded them: one member's script could hold thousands
+    of sessions (a thread and ~300 KiB each on the server). Past the cap, a new one is refused."""
+    from securechat.room import MAX_CONNECTIONS_PER_IDENTITY
+
+    bob = connect_as(raw_client, room.port, "bob", "bob-chat-1")
+    mine = [connect_as(raw_client, room.port, "dave", f"dave-{i:04d}") for i in range(MAX_CONNECTIONS_PER_IDENTITY)]
+    one_more = raw_client(room.port)
+    one_more.send(frames.Hello(version=frames.PROTOCOL_VERSION, session="dave-extra"))
+    got = one_more.frames_until_closed()
+    assert not [f for f in got if isinstance(f, frames.Welcome)], got
+    assert "connections" in [f for f in got if isinstance(f, frames.Bye)][-1].reason
+    mine[-1].send(frames.Chat(text="the others are fine"))
+    assert frames_until(bob, frames.Chat)[-1].text == "the others are fine"
+    # A reconnect of one of its sessions replaces that one: it is never counted against the cap.
+    again = connect_as(raw_client, room.port, "dave", "dave-0000")
+    assert "same session" in [f for f in mine[0].frames_until_closed() if isinstance(f, frames.Bye)][-1].reason
+    again.send(frames.Who())
+    assert frames_until(again, frames.Who)[-1].names == ["bob", "dave", "server"]
