@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 
 import pytest
 
@@ -286,3 +287,96 @@ def test_one_identity_cannot_open_connections_without_end(room, raw_client):
     assert "same session" in [f for f in mine[0].frames_until_closed() if isinstance(f, frames.Bye)][-1].reason
     again.send(frames.Who())
     assert frames_until(again, frames.Who)[-1].names == ["bob", "dave", "server"]
+
+
+def test_another_identitys_session_id_replaces_nothing(room, raw_client):
+    """Sessions are per identity: naming bob's session with dave's certificate throws nobody out."""
+    bob = connect_as(raw_client, room.port, "bob", "bob-chat-1")
+    dave = connect_as(raw_client, room.port, "dave", "bob-chat-1")
+    for _ in range(3):  # and replacing himself in a loop changes nothing for bob either
+        dave = connect_as(raw_client, room.port, "dave", "bob-chat-1")
+    dave.send(frames.Chat(text="hello bob", to="bob"))
+    seen = frames_until(bob, frames.Chat)
+    assert seen[-1].text == "hello bob" and seen[-1].sender == "dave"
+    assert not [f for f in seen if isinstance(f, (frames.Bye, frames.Left))], seen
+    assert [f.name for f in seen if isinstance(f, frames.Joined)] == ["dave"] * 4  # each replaced his only one
+
+
+def test_accepts_and_verdicts_for_transfers_never_offered_change_nothing(room, raw_client, tmp_path):
+    """A one-shot connection (never offered files) and a second connection of the recipient
+    answer every transfer id they can guess: ignored, nobody is thrown out, the file arrives."""
+    alice = room.join("alice")
+    carol = connect_as(raw_client, room.port, "carol", "carol-chat")
+    alice.wait_event("joined", name="carol")
+    carol_script = connect_as(raw_client, room.port, "carol", "carol-script", receive_files=False)
+    dave = raw_client(room.port)
+    dave.hello()
+    content = b"q" * 200_000
+    (tmp_path / "report.pdf").write_bytes(content)
+    alice.send(f"/send @carol {tmp_path / 'report.pdf'}")
+    offer = next_offer(carol)
+    for guesser in (carol_script, dave):
+        for guess in range(1, offer.id + 3):
+            guesser.send(frames.Accept(id=guess, offset=len(content)))
+            guesser.send(frames.Result(id=guess, ok=False, reason="not mine to refuse"))
+    guesser.send(frames.Who())
+    frames_until(guesser, frames.Who)  # every guess was handled before this answer
+    assert receive(carol, offer) == content
+    carol.send(frames.Result(id=offer.id, ok=True, sha256=offer.sha256))
+    delivered = alice.wait_event("file_delivered", to="carol", name="report.pdf")
+    assert delivered["sha256"] == hashlib.sha256(content).hexdigest()
+    assert alice.count("file_failed") == 0 and alice.count("left") == 0
+
+
+@pytest.mark.timeout(120)
+def test_presence_of_an_identity_whose_connections_come_and_go_at_once(room, raw_client, pki):
+    """Connections of one identity arriving and leaving concurrently: an observer sees dave's
+    joined and left strictly alternate, and ends with the room's own answer to who."""
+    from conftest import RawClient
+    from securechat.tls import ClientFiles
+
+    bob = connect_as(raw_client, room.port, "bob", "bob-watch-1")
+    files = ClientFiles.from_certs_dir(pki, "dave")
+    errors: list[BaseException] = []
+
+    def come_and_go(i: int, stay: bool) -> None:
+        try:
+            dave = RawClient(room.port, files)
+            dave.send(frames.Hello(version=frames.PROTOCOL_VERSION, session=f"dave-{i:04d}"))
+            assert isinstance(dave.next_frame(), frames.Hello) and isinstance(dave.next_frame(), frames.Welcome)
+            if stay:
+                kept.append(dave)
+            elif i % 2:
+                dave.send(frames.Bye(reason="done"))
+                dave.frames_until_closed()
+                dave.close()
+            else:
+                dave.close()  # dropped, no bye
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    kept: list = []
+    for round_ in range(4):
+        threads = [threading.Thread(target=come_and_go, args=(round_ * 10 + i, round_ == 2 and i == 0), daemon=True)
+                   for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+    for still in kept[:]:  # the one that stayed leaves last
+        still.close()
+    carol = connect_as(raw_client, room.port, "carol", "carol-late-1")
+    for _ in range(500):  # until the room has seen every dave connection go
+        carol.send(frames.Who())
+        if "dave" not in frames_until(carol, frames.Who)[-1].names:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("dave is still in the room after all his connections closed")
+    bob.send(frames.Who())
+    seen = frames_until(bob, frames.Who)
+    presence = [type(f).__name__ for f in seen if isinstance(f, (frames.Joined, frames.Left)) and f.name == "dave"]
+    assert presence and presence[0] == "Joined" and presence[-1] == "Left", presence
+    assert all(a != b for a, b in zip(presence, presence[1:])), presence
+    assert seen[-1].names == ["bob", "carol", "server"]
