@@ -145,7 +145,9 @@ class Client:
             self._accepted.add(frame.id)  # before the send thread can see it (outgoing.handle wakes it)
         if show_message(self.console, frame) or self.outgoing.handle(frame):
             if isinstance(frame, frames.Result) and frame.interrupted:
-                self._resend_to_present()
+                # Cut off on one connection while another of its is here (no `left` came first): no
+                # `joined` will say it is back, so offer it again now (to its newest connection).
+                self._resend(self.outgoing.due(sorted(self.present)))  # this thread alone changes present
             return
         match frame:
             case frames.Offer():
@@ -289,14 +291,6 @@ class Client:
         else:
             self.console.error(f"not connected and {MAX_BACKLOG} lines are waiting already: this line was NOT sent")
 
-    def _resend_to_present(self) -> None:
-        """A recipient was cut off on one of its connections while another is still here (no
-        `left` came before the verdict): no `joined` will say it is back, so offer it again now;
-        the room picks that name's newest connection that receives files."""
-        with self._presence:
-            present = sorted(self.present)
-        self._resend(self.outgoing.due(present))
-
     def _resend(self, retries: list[Retry]) -> None:
         for retry in retries:
             threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="resend", daemon=True).start()
@@ -341,8 +335,7 @@ class Client:
                     conn.send_stream(frames.End(id=transfer_id, sha256=source.sha256))
                     return
             if transfer_id in self._accepted:
-                # Cancelled after its accept: the server holds an accepted upload open until its
-                # end or abort (protocol.md section 4), and too many open ones get us disconnected.
+                # Cancelled after its accept: the server keeps it open until end or abort (protocol.md 4).
                 conn.send_stream(frames.Abort(id=transfer_id, reason="nobody is receiving it any more"))
         except TransferError as exc:
             conn.send_stream(frames.Abort(id=transfer_id, reason=str(exc)))
