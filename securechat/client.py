@@ -97,6 +97,7 @@ class Client:
         self._backlog: deque[bytes] = deque()
         self._hello_seen = False
         self._private_offers: dict[int, str] = {}  # transfer id -> `to` of offers relayed to us alone
+        self._accepted: set[int] = set()  # our transfers the server said `accept` to (they need end or abort)
         self._leaving = threading.Event()
         self.end_reason = ""
         self.ended_cleanly = False
@@ -167,7 +168,13 @@ class Client:
                 self._presence.notify_all()
         if isinstance(frame, frames.Joined):
             self._resend(self.outgoing.due([frame.name]))
+        if isinstance(frame, frames.Accept):
+            self._accepted.add(frame.id)  # before the send thread can see it (outgoing.handle wakes it)
         if show_message(self.console, frame) or self.outgoing.handle(frame):
+            if isinstance(frame, frames.Result) and frame.interrupted:
+                # Cut off on one connection while another of its is here (no `left` came first): no
+                # `joined` will say it is back, so offer it again now (to its newest connection).
+                self._resend(self.outgoing.due(sorted(self.present)))  # this thread alone changes present
             return
         match frame:
             case frames.Offer():
@@ -353,20 +360,24 @@ class Client:
             conn.send_stream(frames.Offer(id=transfer_id, name=source.name, size=source.size, sha256=source.sha256,
                                           to=to))
             offset = self.outgoing.wait_accept(transfer_id)
-            if offset is None:
-                return
-            for frame in source.chunk_frames(transfer_id, offset):
-                if self.outgoing.cancelled(transfer_id):
-                    break
-                conn.outbox.put_data(frame)
-            else:
-                conn.send_stream(frames.End(id=transfer_id, sha256=source.sha256))
+            if offset is not None:
+                for frame in source.chunk_frames(transfer_id, offset):
+                    if self.outgoing.cancelled(transfer_id):
+                        break
+                    conn.outbox.put_data(frame)
+                else:
+                    conn.send_stream(frames.End(id=transfer_id, sha256=source.sha256))
+                    return
+            if transfer_id in self._accepted:
+                # Cancelled after its accept: the server keeps it open until end or abort (protocol.md 4).
+                conn.send_stream(frames.Abort(id=transfer_id, reason="nobody is receiving it any more"))
         except TransferError as exc:
             conn.send_stream(frames.Abort(id=transfer_id, reason=str(exc)))
             self.outgoing.fail(transfer_id, str(exc))
         except ConnectionLost:
             pass  # _on_close decides: offered again after a reconnect, or failed
         finally:
+            self._accepted.discard(transfer_id)
             source.close()
 
     def wait_for(self, name: str, timeout: float) -> bool:

@@ -43,6 +43,9 @@ Pause = Callable[[Outbox], None] | None  # None: block instead (for threads that
 # member would hold up the room: past this it is left out of that file and told.
 # The same limit as a stalled queue; checking a kept part takes ~1 s per GiB.
 ACCEPT_TIMEOUT = 10.0
+# Connections one identity may hold at once (devices, chats, `send` scripts). Each costs the
+# server a thread and buffers; one certificate must not be able to hold thousands.
+MAX_CONNECTIONS_PER_IDENTITY = 32
 
 
 class Participant:
@@ -140,6 +143,9 @@ class Room:
                     connections.remove(old)
                     self._forget(old, f"{old.name} reconnected", interrupted=True)
                     old.kick("replaced by a reconnect of the same session")
+            if len(connections) >= MAX_CONNECTIONS_PER_IDENTITY:
+                member.kick(f"{member.name} has {MAX_CONNECTIONS_PER_IDENTITY} connections here already")
+                return False
             member.greet(sorted(n for n in self._members if n != member.name))
             if not connections:
                 self._broadcast(frames.Joined(name=member.name), skip=member)
@@ -273,9 +279,11 @@ class Room:
             for name, member in list(relay.pending.items()):
                 if name not in relay.offsets:
                     with relay.lock:
-                        if member in relay.targets:
+                        offered = member in relay.targets
+                        if offered:
                             relay.targets.remove(member)
-                    member.abort(relay, "no answer to the offer in time")
+                    if offered:  # not after an end (a sender may end before the accept): one of them only
+                        member.abort(relay, "no answer to the offer in time")
                     self._verdict(relay, name, False, f"did not answer the offer within {ACCEPT_TIMEOUT:.0f} s", None)
 
     def relay_chunk(self, relay: Relay, data: memoryview, pause: Pause, frame: bytes | None = None) -> str | None:
@@ -305,9 +313,11 @@ class Room:
 
     def end_relay(self, relay: Relay, sha256: str) -> None:
         relay.finished = relay.ended = True  # before any end goes out: a verdict may come back at once
-        for target in list(relay.targets):
+        # Taken under relay.lock: a recipient's thread may be removing itself from the list right now.
+        with relay.lock:
+            targets, relay.targets = relay.targets, []
+        for target in targets:
             target.end(relay, sha256)
-        relay.targets.clear()
         with self._lock:
             if not relay.pending:
                 self._relays.pop(relay.id, None)
@@ -319,9 +329,10 @@ class Room:
     def _abort(self, relay: Relay, reason: str) -> None:
         relay.finished = True
         relay.ready.set()
-        for target in list(relay.targets):
+        with relay.lock:  # the sender's thread may be removing a target that could take no more
+            targets, relay.targets = relay.targets, []
+        for target in targets:
             target.abort(relay, reason)
-        relay.targets.clear()
         for name in list(relay.pending):
             self._verdict(relay, name, False, reason, None)
 

@@ -62,6 +62,7 @@ class Session(Participant):
         self.session: str | None = None
         self.receives_files = True
         self._greeted = False
+        self._member = False  # the room took us in; a refused connection is closing and says nothing
         self._uploads: dict[int, Relay] = {}
         now = time.monotonic()
         self._chat_bucket = TokenBucket(CHAT_RATE, CHAT_BURST, now)
@@ -128,6 +129,8 @@ class Session(Participant):
         if not self._greeted:
             self._greet(frame)
             return
+        if not self._member:
+            return  # refused by the room (its kick is on the way): frames read with its hello are dropped
         match frame:
             case frames.Chunk():
                 relay = self._uploads.get(frame.id)
@@ -144,9 +147,9 @@ class Session(Participant):
                 if problem:
                     self.deliver(frames.Notice(text=f"/msg {frame.to}: {problem}"))
             case frames.Offer():
+                self._forget_refused_uploads()  # first: an id cancelled before its accept is not open
                 if frame.id in self._uploads:
                     raise RemoteProtocolError(f"transfer id {frame.id} offered twice")
-                self._forget_refused_uploads()
                 if len(self._uploads) >= MAX_UPLOADS:
                     raise RemoteProtocolError(f"more than {MAX_UPLOADS} files sent at once")
                 self._pace_offers()
@@ -199,12 +202,12 @@ class Session(Participant):
         self._greeted = True
         self.session, self.receives_files = frame.session, frame.receive_files
         self.conn.send(frames.Hello(version=frames.PROTOCOL_VERSION, software=SOFTWARE))
-        self.room.join(self)  # sends welcome: the member list and joining are one step
+        self._member = self.room.join(self)  # sends welcome: the member list and joining are one step
 
     def _on_close(self, conn: Connection, reason: str, clean: bool) -> None:
         if conn.internal_error is not None:  # for the operator only: the room is told "internal error"
             self.server.console.error(f"internal error on {self.name}'s connection: {conn.internal_error!r}")
-        if self._greeted:
+        if self._member:
             self.room.leave(self, "" if clean else reason, interrupted=not clean)
         self.server.forget(self)
 
@@ -221,10 +224,17 @@ class Operator(Participant):
 
     def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
         if isinstance(message, frames.Joined):
-            for retry in self.outgoing.due([message.name]):  # back after a drop: resume what it missed
-                threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="operator-resend",
-                                 daemon=True).start()
+            self._resend(self.outgoing.due([message.name]))  # back after a drop: resume what it missed
         show_message(self.console, message) or self.outgoing.handle(message)
+        if isinstance(message, frames.Result) and message.interrupted:
+            # Cut off on one connection while another of its is still here: no `joined` will
+            # come, so offer it again now (we hold the room lock; names() may take it again).
+            self._resend(self.outgoing.due(self.room.names()))
+
+    def _resend(self, retries: list[Retry]) -> None:
+        for retry in retries:
+            threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="operator-resend",
+                             daemon=True).start()
 
     def greet(self, members: list[str]) -> None:
         pass  # the operator is in the room from the start

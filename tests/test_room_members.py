@@ -13,7 +13,7 @@ import pytest
 from conftest import RawClient
 from securechat import frames
 from securechat.certs import generate
-OFFER_BURST, OFFER_RATE = 20, 2.0
+from securechat.server import OFFER_BURST, OFFER_RATE
 from securechat.tls import ClientFiles
 
 CROWD = 40
