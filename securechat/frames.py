@@ -370,8 +370,8 @@ def parse_control(payload: bytes) -> Message:
     values = {}
     for f in fields(cls):
         key = _wire_name(f)
-        if key in obj:
-            value = obj[key]
+        if key in obj and not (obj[key] is None and f.default is not MISSING):
+            value = obj[key]  # null for a member that has a default means "absent" (docs/protocol.md)
         elif f.default is not MISSING:
             value = f.default
         else:

@@ -157,9 +157,10 @@ class Outgoing:
             sending.pending = set(message.names)
             self._console.event("file_sending", name=sending.name, size=sending.size, to=message.names)
             if not message.names:
+                why = message.reason or "nobody else is here to receive it"  # the server says why, if it does
                 sending.cancelled = True
-                sending.failed.append((None, "nobody else is here to receive it"))
-                self._console.event("file_failed", to=None, name=sending.name, reason="nobody else is here to receive it")
+                sending.failed.append((None, why))
+                self._console.event("file_failed", to=None, name=sending.name, reason=why)
             self._finish_if_done(sending)
 
     def started(self, transfer_id: int, offset: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up.
@@ -17,6 +19,8 @@ class TokenBucket:
         self.burst = burst
         self._tokens = float(burst)
         self._at = now
+        # One member's connections share a bucket, and each has its own I/O thread.
+        self._lock = threading.Lock()
 
     def _refill(self, now: float) -> None:
         self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
@@ -24,18 +28,21 @@ class TokenBucket:
 
     def allow(self, now: float) -> bool:
         """Take a token if there is one; False (nothing taken) if there is none."""
-        self._refill(now)
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
+        with self._lock:
+            self._refill(now)
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            return False
 
     def take(self, now: float) -> None:
         """Take a token, going into debt if there is none."""
-        self._refill(now)
-        self._tokens -= 1
+        with self._lock:
+            self._refill(now)
+            self._tokens -= 1
 
     def ready_at(self, now: float) -> float:
         """When the bucket is out of debt again (`now` if it is not in debt)."""
-        self._refill(now)
-        return now if self._tokens >= 0 else now + (-self._tokens) / self.rate
+        with self._lock:
+            self._refill(now)
+            return now if self._tokens >= 0 else now + (-self._tokens) / self.rate

@@ -64,9 +64,8 @@ class Session(Participant):
         self._greeted = False
         self._member = False  # the room took us in; a refused connection is closing and says nothing
         self._uploads: dict[int, Relay] = {}
-        now = time.monotonic()
-        self._chat_bucket = TokenBucket(CHAT_RATE, CHAT_BURST, now)
-        self._offer_bucket = TokenBucket(OFFER_RATE, OFFER_BURST, now)
+        # Per member, not per connection: 32 connections must not buy 32 times the budget.
+        self._chat_bucket, self._offer_bucket = server.budgets(name)
         self._warned_at = 0.0
 
     def _may_chat(self) -> bool:
@@ -356,6 +355,7 @@ class Server:
         self.operator = Operator(name, self.room, console, downloads)
         self.room.join(self.operator)
         self._sessions: set[Session] = set()
+        self._budgets: dict[str, tuple[TokenBucket, TokenBucket]] = {}  # identity -> (chat, offers)
         self._lock = threading.Lock()
         self._admissions = Admissions()
         self._stopping = threading.Event()
@@ -468,6 +468,15 @@ class Server:
             return sock, name
         send_refusal(sock, problem, code, SOFTWARE)
         return Refusal(name, problem)
+
+    def budgets(self, name: str) -> tuple[TokenBucket, TokenBucket]:
+        """The chat and offer buckets of identity `name`, shared by all its connections (and
+        kept when they go, so reconnecting does not refill them; one pair per certificate name)."""
+        with self._lock:
+            if name not in self._budgets:
+                now = time.monotonic()
+                self._budgets[name] = (TokenBucket(CHAT_RATE, CHAT_BURST, now), TokenBucket(OFFER_RATE, OFFER_BURST, now))
+            return self._budgets[name]
 
     def forget(self, session: Session) -> None:
         with self._lock:

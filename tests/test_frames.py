@@ -274,3 +274,13 @@ def test_everything_the_decoder_accepts_re_encodes(text, kind):
     except RemoteProtocolError:
         return
     assert frames.parse_control(frames.encode(message)[frames.HEADER.size:]) == message
+
+
+def test_null_for_a_member_with_a_default_means_absent():
+    """docs/protocol.md: a `?` member may be absent or null."""
+    hello = frames.parse_control(b'{"type":"hello","version":2,"software":null,"receive_files":null,"session":null}')
+    assert hello.software == "" and hello.receive_files is True and hello.session is None
+    result = frames.parse_control(b'{"type":"result","id":1,"ok":false,"reason":null,"interrupted":null}')
+    assert result.reason == "" and result.interrupted is False
+    with pytest.raises(RemoteProtocolError):
+        frames.parse_control(b'{"type":"chat","text":null}')  # required members stay required

@@ -229,3 +229,26 @@ def test_refused_offers_do_not_count_as_open_uploads(make_room, raw_client):
             frame = raw.next_frame()
     raw.send(frames.Chat(text="still connected"))
     room.server.wait_event("message", text="still connected")
+
+
+def test_the_offer_budget_is_per_member_not_per_connection(room, raw_client):
+    """Two connections of one identity share one bucket: the second starts where the first left it."""
+    bob = room.join("bob")
+    began = time.monotonic()  # before the bucket exists: the bound below can only be generous
+    first, second = raw_client(room.port), raw_client(room.port)
+    first.hello()
+    second.hello()
+    ended = 0
+    for i in range(OFFER_BURST + 6):
+        raw = first if i % 2 else second
+        data = bytes([i])
+        raw.send(frames.Offer(id=i, name=f"g{i}.txt", size=1, sha256=hashlib.sha256(data).hexdigest(), to="bob"))
+        frame = raw.next_frame(30)
+        while not isinstance(frame, frames.Accept):
+            assert frame is not None and not isinstance(frame, frames.Bye), frame
+            frame = raw.next_frame(30)
+        raw.send_bytes(frames.encode_chunk(i, data))
+        raw.send(frames.End(id=i, sha256=hashlib.sha256(data).hexdigest()))
+        ended += 1
+        assert ended <= OFFER_BURST + OFFER_RATE * (time.monotonic() - began) + 1
+    bob.wait_event("file_received", name=f"g{OFFER_BURST + 5}.txt", timeout=30)
