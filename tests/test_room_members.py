@@ -250,5 +250,7 @@ def test_the_offer_budget_is_per_member_not_per_connection(room, raw_client):
         raw.send_bytes(frames.encode_chunk(i, data))
         raw.send(frames.End(id=i, sha256=hashlib.sha256(data).hexdigest()))
         ended += 1
-        assert ended <= OFFER_BURST + OFFER_RATE * (time.monotonic() - began) + 1
+        # The offer that puts the bucket in debt is still taken, then its connection waits:
+        # one such offer per connection. Separate buckets would let all 22 through at once.
+        assert ended <= OFFER_BURST + OFFER_RATE * (time.monotonic() - began) + 2
     bob.wait_event("file_received", name=f"g{OFFER_BURST + 5}.txt", timeout=30)
