@@ -38,10 +38,15 @@ class Tmux:
         # The pane outlives the program (tmux would destroy it, and its screen, on exit)
         # and shows how it ended; kill() ends the sleep.
         shell = f'{shlex.join(command)}; echo "[exited $?]"; sleep 600'
-        subprocess.run([*self.tmux, "-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", "200",
-                        "-y", "50", "-c", str(cwd), shell], check=True, timeout=10)
-        self.socket_path = subprocess.run([*self.tmux, "display-message", "-p", "#{socket_path}"],
-                                          capture_output=True, text=True, timeout=10).stdout.strip()
+        self.socket_path = ""
+        try:
+            subprocess.run([*self.tmux, "-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", "200",
+                            "-y", "50", "-c", str(cwd), shell], check=True, timeout=10)
+            self.socket_path = subprocess.run([*self.tmux, "display-message", "-p", "#{socket_path}"],
+                                              capture_output=True, text=True, timeout=10).stdout.strip()
+        except BaseException:
+            self.kill()  # nobody else holds this object to do it
+            raise
 
     def screen(self) -> str:
         return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.session], capture_output=True,
