@@ -120,8 +120,10 @@ class Proc:
         self.events: list[dict] = []
         self._queue: queue.Queue = queue.Queue()
         self.stderr_lines: list[str] = []
-        threading.Thread(target=self._pump_stdout, daemon=True).start()
-        threading.Thread(target=self._pump_stderr, daemon=True).start()
+        self._pumps = [threading.Thread(target=self._pump_stdout, daemon=True),
+                       threading.Thread(target=self._pump_stderr, daemon=True)]
+        for pump in self._pumps:
+            pump.start()
 
     def _pump_stdout(self) -> None:
         for raw in self.popen.stdout:
@@ -176,7 +178,11 @@ class Proc:
         return sum(1 for e in self.events if e.get("event") == event_name and all(e.get(k) == v for k, v in match.items()))
 
     def wait_exit(self, timeout: float = EVENT_TIMEOUT) -> int:
-        return self.popen.wait(timeout)
+        """Its exit status, once it has exited and everything it printed is in events/stderr_lines."""
+        status = self.popen.wait(timeout)
+        for pump in self._pumps:
+            pump.join(5)  # the pipes are at EOF unless something it started still holds them
+        return status
 
     def stop(self) -> None:
         if self.popen.poll() is None:
