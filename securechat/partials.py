@@ -60,6 +60,7 @@ BYTES_PER_SENDER_ENV = "SECURECHAT_PARTIAL_BYTES_PER_SENDER"
 MAX_SIDECAR_BYTES = 4096
 ORPHAN_AGE = 3600  # seconds before a .part without sidecar (or a torn sidecar write) is deleted
 _READ_SIZE = 1024 * 1024
+_LOCK_ATTEMPTS = 20  # 10 ms apart: a sweep's look at a partial ends long before
 _SIDECAR_FORMAT = 1
 
 
@@ -131,15 +132,7 @@ class PartialStore:
         """The partial for this file, locked for writing: resumable if a matching sidecar exists."""
         key = partial_key(sender, size, sha256)
         replaced = self.sweep(sender, name, keep=key)
-        try:
-            fd = os.open(f"{key}.part", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
-        except OSError as exc:
-            raise TransferError(f"cannot create a file to receive into: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise TransferError("the same file from the same sender is arriving already") from None
+        fd = self._open_locked(key)
         sidecar = self._read_sidecar(key)
         if sidecar is None or (sidecar.sender, sidecar.size, sidecar.sha256) != (sender, size, sha256):
             sidecar = Sidecar(sender, name, size, sha256, 0, hashlib.sha256().hexdigest(), time.time())
@@ -148,6 +141,26 @@ class PartialStore:
         partial.replaced = replaced
         partial.checkpoint(sidecar.done, sidecar.prefix_sha256)  # a .part never exists without its sidecar
         return partial
+
+    def _open_locked(self, key: str) -> int:
+        """`key`.part, created if need be, with its exclusive flock."""
+        for attempt in range(_LOCK_ATTEMPTS):
+            try:
+                fd = os.open(f"{key}.part", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=self.fd)
+            except OSError as exc:
+                raise TransferError(f"cannot create a file to receive into: {exc.strerror}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # A sweep (another transfer stopping) holds it for a moment; a transfer, for long.
+                os.close(fd)
+                time.sleep(0.01)
+                continue
+            if os.fstat(fd).st_nlink:
+                return fd
+            os.close(fd)  # a sweep deleted it while we waited for the lock: make a new one
+        raise TransferError("the same file from the same sender is arriving already")
 
     def _read_sidecar(self, key: str) -> Sidecar | None:
         try:

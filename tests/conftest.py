@@ -1,13 +1,7 @@
 """Shared fixtures: a PKI made by our own code, and the installed command in subprocesses.
 
-No process outlives its test. Every process started here is stopped in the fixture's
-teardown, which pytest-timeout's signal method still runs when a test times out,
-and a SIGTERM to pytest (a CI job cancelled) becomes KeyboardInterrupt, after which
-pytest still tears every fixture down. Every process the run starts inherits
-SECURECHAT_TEST_RUN=<id of this run>, so whatever escapes (an orphaned grandchild,
-reparented away from us) is still found: after each test, what that test left
-running is killed and the test fails, and at the end of the session anything still
-running fails the whole run.
+No process outlives its test: see tests/processes.py, whose fixture and hooks are
+imported below so that they apply to every test.
 """
 
 from __future__ import annotations
@@ -23,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from pathlib import Path
 
@@ -34,133 +27,9 @@ from securechat.certs import generate
 from securechat.partials import PARTIAL_DIR
 from securechat.tls import ClientFiles, client_context
 
+from processes import no_process_left_behind, pytest_configure, pytest_sessionfinish  # noqa: F401  (applied here)
+
 EVENT_TIMEOUT = 20.0
-TEST_RUN_ENV = "SECURECHAT_TEST_RUN"
-LEFTOVER_GRACE_S = 10.0  # a process told to stop may take a moment to go
-
-# Set before any test starts a process, so that every one inherits it.
-os.environ[TEST_RUN_ENV] = uuid.uuid4().hex
-
-
-def processes_of_this_run(marker: str | None = None) -> dict[int, str]:
-    """Live processes (pid -> command line) whose environment carries this run's marker (or
-    `marker`, given as NAME=value), however they were started and whoever their parent is now;
-    with no `marker`, also our own children (one just forked has not exec'd the marker yet)."""
-    needle = (marker or f"{TEST_RUN_ENV}={os.environ[TEST_RUN_ENV]}").encode() + b"\0"
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state, parent = f.read().rsplit(b")", 1)[1].split()[:2]
-            if state == b"Z":  # exited; only not yet reaped
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                marked = b"\0" + needle in b"\0" + f.read()
-            if not marked and (marker is not None or int(parent) != os.getpid()):
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                command = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        except (OSError, ValueError):  # gone meanwhile, or not ours to read
-            continue
-        found[int(entry)] = command
-    return found
-
-
-def stop_leftovers(spared: set[int] = frozenset(), grace: float = LEFTOVER_GRACE_S,
-                   marker: str | None = None, confirm: bool = False) -> dict[int, str]:
-    """Wait up to `grace` for the processes of this run (or of `marker`), except `spared`, to
-    exit; SIGKILL the rest. Returns those that had to be killed. A process in the middle of
-    execve() reads as unmarked for a moment: `confirm` looks once more before saying none."""
-    deadline = time.monotonic() + grace
-    while True:
-        alive = {pid: cmd for pid, cmd in processes_of_this_run(marker).items() if pid not in spared}
-        if not alive and confirm:
-            time.sleep(0.2)
-            confirm = False
-            continue
-        if not alive or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return alive
-
-
-@pytest.fixture(autouse=True)
-def no_process_left_behind():
-    """Fails the test that leaves a process running (after killing it)."""
-    before = set(processes_of_this_run())
-    yield
-    left = stop_leftovers(spared=before)
-    if left:
-        pytest.fail("processes left running by this test (now killed):\n" +
-                    "\n".join(f"  {pid}: {cmd}" for pid, cmd in left.items()), pytrace=False)
-
-
-def pytest_configure(config) -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session, exitstatus) -> None:
-    """After every fixture is torn down: nothing this run started may still be running."""
-    left = stop_leftovers(confirm=True)
-    if left:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"{pid}: {cmd}" for pid, cmd in left.items()]
-        if reporter is not None:
-            reporter.write_sep("!", "processes left running by the test run (now killed)", red=True, bold=True)
-            for line in lines:
-                reporter.write_line(line, red=True)
-        else:
-            print("processes left running by the test run (now killed):", *lines, sep="\n", file=sys.stderr)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def stop_process_group(popen: subprocess.Popen, grace: float = 20.0) -> None:
-    """Stop a process started with start_new_session=True: SIGTERM to it (it stops what it
-    started; our scripts do), then SIGKILL to its whole group."""
-    if popen.poll() is None:
-        popen.send_signal(signal.SIGTERM)
-        try:
-            popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    popen.wait(5)
-
-
-def run_script(args: list[str], timeout: float, **popen_kwargs) -> subprocess.CompletedProcess:
-    """Run a command that starts processes of its own (a script in scripts/), in a process group of its
-    own; it is stopped, with what it started, when `timeout` passes or the test ends otherwise
-    (subprocess.run would SIGKILL only the command itself and leave its children running)."""
-    popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True, **popen_kwargs)
-    try:
-        out, err = popen.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop_process_group(popen)
-        try:
-            out, err = popen.communicate(timeout=5)
-        except subprocess.TimeoutExpired:  # something it started still holds the pipes
-            out, err = "", ""
-        raise AssertionError(f"{args[:3]} still running after {timeout} s; stderr: {err[-2000:]}") from None
-    finally:
-        stop_process_group(popen)
-    return subprocess.CompletedProcess(args, popen.returncode, out, err)
 
 
 def securechat_command() -> list[str]:
@@ -251,8 +120,10 @@ class Proc:
         self.events: list[dict] = []
         self._queue: queue.Queue = queue.Queue()
         self.stderr_lines: list[str] = []
-        threading.Thread(target=self._pump_stdout, daemon=True).start()
-        threading.Thread(target=self._pump_stderr, daemon=True).start()
+        self._pumps = [threading.Thread(target=self._pump_stdout, daemon=True),
+                       threading.Thread(target=self._pump_stderr, daemon=True)]
+        for pump in self._pumps:
+            pump.start()
 
     def _pump_stdout(self) -> None:
         for raw in self.popen.stdout:
@@ -307,7 +178,11 @@ class Proc:
         return sum(1 for e in self.events if e.get("event") == event_name and all(e.get(k) == v for k, v in match.items()))
 
     def wait_exit(self, timeout: float = EVENT_TIMEOUT) -> int:
-        return self.popen.wait(timeout)
+        """Its exit status, once it has exited and everything it printed is in events/stderr_lines."""
+        status = self.popen.wait(timeout)
+        for pump in self._pumps:
+            pump.join(5)  # the pipes are at EOF unless something it started still holds them
+        return status
 
     def stop(self) -> None:
         if self.popen.poll() is None:

@@ -17,7 +17,7 @@ import pytest
 
 from securechat.certs import generate
 
-from conftest import processes_of_this_run, run_script, stop_leftovers, stop_process_group
+from processes import processes_of_this_run, run_script, stop_leftovers, stop_process_group
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -48,6 +48,18 @@ def test_load_smoke(tmp_path):
     report = json.loads(out.read_text())
     assert report["chat"]["deliveries"] == report["chat"]["deliveries_expected"] == 20 * 7
     assert report["fanout"]["all_verified"]
+
+
+@pytest.mark.timeout(240)
+def test_resume_bench_smoke(tmp_path):
+    out = tmp_path / "resume.json"
+    # 256 MiB: the second half takes long enough that the receiver is surely killed before the end.
+    result = run_script([sys.executable, str(SCRIPTS / "resume_bench.py"), "--size", "256MiB", "--deadline", "150",
+                         "--json-out", str(out)], timeout=200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["sha256_ok"] and report["sender_told"]
+    assert 0 < report["resumed_from"] < report["size_bytes"]
 
 
 @needs_openssl

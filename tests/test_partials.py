@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import subprocess
 import time
 
 import pytest
@@ -14,7 +15,7 @@ from securechat.errors import TransferError, UsageError
 from securechat.partials import KEEP_FOR, MAX_PER_SENDER, PARTIAL_DIR, Sidecar
 from securechat.transfer import Downloads
 
-from conftest import partial_files
+from conftest import partial_files, securechat_command
 from test_transfer import incoming_file
 
 BYTES_PER_SENDER_ENV = "SECURECHAT_PARTIAL_BYTES_PER_SENDER"  # documented in docs/security.md
@@ -182,7 +183,10 @@ def test_caps_are_per_sender_and_spare_files_still_arriving(downloads):
     arriving.write(data[:30_000])  # alice's own, bigger than her cap, but not kept: it is being written
     stopped_files(downloads, 1, 20_000, sender="bob")
     stopped_files(downloads, 3, 10_000)
-    assert kept_sizes(downloads.path) == [10_000, 10_000, 20_000, 30_000]
+    arriving_part = downloads.path / PARTIAL_DIR / arriving.partial.part_name
+    assert arriving_part.exists()
+    kept = sorted(part.stat().st_size for part in partial_files(downloads.path) if part != arriving_part)
+    assert kept == [10_000, 10_000, 20_000]
     arriving.discard()
 
 
@@ -256,3 +260,12 @@ def test_a_member_aborting_many_files_leaves_at_most_the_caps_at_once(make_room,
     assert sum(sizes) <= byte_cap and sizes == [300_000] * (byte_cap // 300_000)  # now the byte cap bites
     raw.send(frames.Who())  # the connection is fine
     assert isinstance(raw.next_frame(), frames.Who)
+
+
+def test_a_bad_byte_cap_setting_is_one_line_at_start(pki, tmp_path):
+    result = subprocess.run(securechat_command() + ["serve", "--host", "127.0.0.1", "--port", "0", "--certs", str(pki),
+                                                    "--downloads", str(tmp_path / "dl")],
+                            env={**os.environ, BYTES_PER_SENDER_ENV: "4GiB"}, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {BYTES_PER_SENDER_ENV}='4GiB': give a number of bytes, e.g. 1073741824"

@@ -5,6 +5,7 @@ Runs a real `securechat join` inside tmux and reads the screen with capture-pane
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -38,10 +39,12 @@ class Tmux:
         # The pane outlives the program (tmux would destroy it, and its screen, on exit)
         # and shows how it ended; kill() ends the sleep.
         shell = f'{shlex.join(command)}; echo "[exited $?]"; sleep 600'
-        subprocess.run([*self.tmux, "-f", "/dev/null", "new-session", "-d", "-s", self.session, "-x", "200",
-                        "-y", "50", "-c", str(cwd), shell], check=True, timeout=10)
-        self.socket_path = subprocess.run([*self.tmux, "display-message", "-p", "#{socket_path}"],
-                                          capture_output=True, text=True, timeout=10).stdout.strip()
+        try:
+            subprocess.run([*self.tmux, "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
+                            "-c", str(cwd), shell], check=True, timeout=10)
+        except BaseException:
+            self.kill()  # nobody else holds this object to do it
+            raise
 
     def screen(self) -> str:
         return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.session], capture_output=True,
@@ -63,8 +66,8 @@ class Tmux:
 
     def kill(self) -> None:
         subprocess.run([*self.tmux, "kill-server"], capture_output=True, timeout=10)
-        if self.socket_path:  # tmux leaves it behind
-            Path(self.socket_path).unlink(missing_ok=True)
+        # tmux leaves its socket behind
+        (Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}" / self.tmux[-1]).unlink(missing_ok=True)
 
 
 def test_escape_sequences_are_shown_not_obeyed(room, pki, tmp_path):
