@@ -13,16 +13,20 @@ import time
 import pytest
 
 from securechat import frames
-from securechat.certs import generate
+from securechat.certfiles import CertsLayout
+from securechat.certs import generate, issue_client, load_cert, load_key, save_pair
 from securechat.room import Participant, Room
 
 
 @pytest.fixture(scope="module")
 def impostor_pki(tmp_path_factory):
-    """A CA that issued a client certificate named like the operator (`server`) but for case:
-    gen-certs refuses only the exact name, the room compares NFKC-casefolded."""
+    """A CA holder issued a client certificate named like the operator (`server`) but for case.
+    gen-certs refuses that name; another tool (or our builder, as here) does not."""
     certs = tmp_path_factory.mktemp("impostor") / "certs"
-    generate(certs, ["alice", "Server"], [])
+    generate(certs, ["alice"], [])
+    layout = CertsLayout(certs)
+    cert, key = issue_client(load_cert(layout.ca_cert), load_key(layout.ca_key), "Server")
+    save_pair(cert, key, layout.client_cert("Server"), layout.client_key("Server"), force=False)
     return certs
 
 
