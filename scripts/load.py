@@ -230,6 +230,7 @@ def run_chat(args: argparse.Namespace, certs: Path, names: list[str], folder: Pa
             latencies.frombytes(f.read())
     ordered = sorted(latencies)
     sent = sum(d["sent"] for d in done)
+    counted = sum(d["counted"] for d in done)  # ready when the lines began (late joiners are not counted)
     delivered = sum(d["deliveries"] for d in done)
     server_cpu = after["cpu_s"] - before["cpu_s"]
     generator_cpu = sum(d["cpu_s"] for d in done) + own_cpu
@@ -238,11 +239,11 @@ def run_chat(args: argparse.Namespace, certs: Path, names: list[str], folder: Pa
     return {
         "connect": connect,
         "chat": {
-            "members": connect["ready"], "lines_offered": lines, "lines_sent": sent, "rate_per_s": args.rate,
+            "members": counted, "lines_offered": lines, "lines_sent": sent, "rate_per_s": args.rate,
             "seconds": round(elapsed, 2),
-            "deliveries_expected": sent * (connect["ready"] - 1), "deliveries": delivered,
+            "deliveries_expected": sent * (counted - 1), "deliveries": delivered,
             "operator_deliveries": operator, "lines_dropped_notices": sum(d["notices"] for d in done),
-            "offered_deliveries_per_s": round(args.rate * (connect["ready"] - 1), 1),
+            "offered_deliveries_per_s": round(args.rate * (counted - 1), 1),
             "delivered_per_s": round(delivered / max(elapsed, 1e-9), 1),
             "latency_p50_ms": ms(50), "latency_p99_ms": ms(99),
             "latency_max_ms": round(ordered[-1], 1) if ordered else None,

@@ -40,7 +40,7 @@ PRESENCE_PREFIXES = (b'{"type":"joined"', b'{"type":"left"')
 
 class Member:
     __slots__ = ("name", "context", "sock", "state", "inbuf", "outbuf", "started", "ready_at", "received",
-                 "sent", "closed_reason", "transfers", "verified", "events", "mask")
+                 "sent", "closed_reason", "transfers", "verified", "events", "mask", "counted")
 
     def __init__(self, name: str, context: ssl.SSLContext) -> None:
         self.name, self.context = name, context
@@ -54,6 +54,7 @@ class Member:
         self.verified = 0
         self.events = 0
         self.mask = 0  # what the selector waits for on this socket now
+        self.counted = False  # ready when the lines started: one that got in later would inflate the count
 
 
 class Worker:
@@ -195,6 +196,8 @@ class Worker:
     # ---------------------------------------------------------------- messages
 
     def chat_in(self, member: Member, payload: bytes, now_ns: int) -> None:
+        if not member.counted:
+            return
         text = json.loads(payload)["text"]
         member.received += 1
         self.deliveries += 1
@@ -259,6 +262,8 @@ class Worker:
 
     def run_schedule(self, start: float, deadline: float) -> None:
         job, ready = self.job, [m for m in self.members if m.state == "ready"]
+        for member in ready:
+            member.counted = True
         mine = range(job["worker"], job["lines"], job["workers"])  # this worker's share of the room's lines
         interval = 1.0 / job["rate"] if job["rate"] else 0.0
         for count, i in enumerate(mine):
@@ -335,7 +340,7 @@ def main() -> int:
         start = float(command[1])
         worker.run_schedule(start, start + job["send_timeout"])
         # Every line of the room reaches every member but its author (docs/protocol.md §5).
-        expected = sum(job["lines"] - m.sent for m in worker.members if m.state == "ready")
+        expected = sum(job["lines"] - m.sent for m in worker.members if m.counted)
         worker.drain(expected, time.monotonic() + job["drain_timeout"])
         cpu_used = cpu_s() - cpu_before
         report({"drained": worker.deliveries})
@@ -347,7 +352,7 @@ def main() -> int:
     worker.latencies_ms.tofile(open(job["latency_file"], "wb"))
     members = worker.members
     report({"done": {
-        "deliveries": worker.deliveries, "sent": sum(m.sent for m in members), "cpu_s": cpu_used,
+        "deliveries": worker.deliveries, "counted": sum(m.counted for m in members), "sent": sum(m.sent for m in members), "cpu_s": cpu_used,
         "verified": sum(m.verified for m in members), "notices": worker.notices,
         "dropped": sum(1 for m in members if m.closed_reason not in ("left", "") and m.ready_at),
         "dropped_reasons": sorted({m.closed_reason for m in members if m.ready_at and m.closed_reason != "left"})[:5],
