@@ -62,6 +62,21 @@ def test_load_smoke(tmp_path):
     assert fanout["all_verified"] and fanout["verified_by_raw_members"] == 3 and fanout["delivered"] == 4
 
 
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_load_run_its_server_and_its_member_workers(tmp_path):
+    marker = f"SECURECHAT_TEST_SCRIPT={uuid.uuid4().hex}"
+    script = _start_script([str(SCRIPTS / "load.py"), "--members", "20", "--rate", "5", "--seconds", "600",
+                            "--skip-fanout", "--deadline", "100"], marker)
+    try:
+        _wait_for_children(script.pid, {"securechat", "load_members.py"})
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(60) == 128 + signal.SIGTERM
+        assert processes_of_this_run(marker) == {}
+    finally:
+        stop_process_group(script)
+        stop_leftovers(grace=0, marker=marker)
+
+
 @needs_openssl
 @pytest.mark.timeout(120)
 def test_openssl_round_never_hangs(tmp_path):
