@@ -318,11 +318,12 @@ def raise_open_files(members: int) -> None:
 def run(args: argparse.Namespace) -> dict:
     results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "workers": args.workers,
                      "loadavg_before": os.getloadavg()}
-    raise_open_files(max(args.members, args.fanout_recipients))
+    needed = max(0 if args.skip_chat else args.members, 0 if args.skip_fanout else args.fanout_recipients)
+    raise_open_files(needed)
     with tempfile.TemporaryDirectory(prefix="securechat-load-") as tmp:
         folder = Path(tmp)
         certs = folder / "certs"
-        names = [f"m{i:05d}" for i in range(max(args.members, args.fanout_recipients))]
+        names = [f"m{i:05d}" for i in range(needed)]
         t = time.monotonic()
         generate(certs, names + [FANOUT_SENDER], [])
         results["cert_generation_s"] = round(time.monotonic() - t, 2)
@@ -379,7 +380,8 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     if args.members < 2 or args.workers < 1 or args.rate <= 0 or args.fanout_recipients < 1:
-        return children.fail("--members must be at least 2, --workers and --fanout-recipients at least 1, --rate over 0")
+        return children.fail("--members must be at least 2, --workers and --fanout-recipients at least 1, "
+                             "--rate over 0")
     children.start_budget(args.deadline)
     with children.stopped_on_exit():
         try:

@@ -8,8 +8,10 @@ cost well under the server's CPU per delivery, or it measures itself (issue 12: 
 old thread-per-member generator reported p99 of seconds that the server did not cause).
 
 Talks to load.py by JSON lines: argv[1] is the job (JSON); stdout gets
-{"connected": ...} after the connect phase and {"done": ...} at the end; stdin says
-"go <monotonic start>" (send the schedule) and "stop" (bye, close, report).
+{"connected": ...} after the connect phase, {"drained": n} once every line arrived
+(or the drain timeout passed) and {"done": ...} at the end. stdin says "go <monotonic
+start>" (send the schedule) or "serve" (only answer offers: a file fan-out), then
+"stop" (bye, close, report). The members are served while waiting for a command.
 CLOCK_MONOTONIC is one clock for every process, so a line's send time written into
 its text by one worker is compared with the receive time in another.
 """
@@ -347,15 +349,16 @@ def main() -> int:
         command = next(lines).split() or ["stop"]
     while command[0] != "stop":
         command = next(lines).split() or ["stop"]
-    # Members waiting for a file keep serving it until "stop": the selector runs here too.
     worker.leave()
-    worker.latencies_ms.tofile(open(job["latency_file"], "wb"))
+    with open(job["latency_file"], "wb") as f:
+        worker.latencies_ms.tofile(f)
     members = worker.members
+    dropped = [m for m in members if m.ready_at and m.closed_reason != "left"]  # got in, then lost
     report({"done": {
-        "deliveries": worker.deliveries, "counted": sum(m.counted for m in members), "sent": sum(m.sent for m in members), "cpu_s": cpu_used,
+        "deliveries": worker.deliveries, "counted": sum(m.counted for m in members),
+        "sent": sum(m.sent for m in members), "cpu_s": cpu_used,
         "verified": sum(m.verified for m in members), "notices": worker.notices,
-        "dropped": sum(1 for m in members if m.closed_reason not in ("left", "") and m.ready_at),
-        "dropped_reasons": sorted({m.closed_reason for m in members if m.ready_at and m.closed_reason != "left"})[:5],
+        "dropped": len(dropped), "dropped_reasons": sorted({m.closed_reason for m in dropped})[:5],
     }})
     return 0
 
