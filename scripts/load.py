@@ -1,34 +1,43 @@
 #!/usr/bin/env python3
-"""Load test of the room: N participants on one server, chat fan-out and a file fan-out.
+"""Load test of the room: N members on one real server, chat fan-out and a file fan-out.
 
-    python scripts/load.py --clients 500 --messages 400 --rate 20
-    python scripts/load.py --clients 20 --messages 50 --fanout-size 8MiB   # quick
+    python scripts/load.py --members 500 --rate 20 --seconds 20
+    python scripts/load.py --members 20 --messages 50 --fanout-size 8MiB   # quick
 
-The server is the real `securechat serve` in its own process (so its peak RSS
-and thread count can be read from /proc). The participants all live in this
-process and use the package's own client code (securechat.client.Client:
-real TLS 1.3 handshakes, hello, the Connection I/O threads). Prints the
-numbers and, with --json-out, writes them to a file. Loopback only.
+The server is the real `securechat serve --json` in its own process, so its CPU
+time, peak RSS and threads are read from /proc/<pid>. The members are raw
+protocol clients (scripts/load_members.py), each with its own certificate, spread
+over --workers processes of one selectors loop each: the generator must cost well
+under the server per delivery, or it measures itself (issue 12: the old one, a
+securechat.client.Client with threads per member, used more CPU than the server
+and reported p99 of seconds at 500 members).
 
-Every wait is bounded by --deadline; the server runs in its own process group
-and is stopped on any exit, SIGTERM included (scripts/children.py).
+Chat: --rate lines a second to the whole room, spread round-robin over the members,
+each line carrying its send time; every member timestamps every line it receives.
+Deliveries expected = lines x (members - 1) to the members; the operator (the
+server's own console) receives each line once more, counted apart.
+File fan-out: one `securechat send` to --fanout-recipients raw members that hash
+what they receive and answer `result` (and the operator, who saves it); "all
+verified" = a verified result from every one of them, as `send` reports.
+
+Every wait is bounded by --deadline; every process runs in its own process group
+and is stopped on any exit, SIGTERM included (scripts/children.py). Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import queue
-import random
+import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from array import array
 from pathlib import Path
 from typing import Iterator
 
@@ -37,12 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import children  # noqa: E402
 from securechat.certs import generate  # noqa: E402
-from securechat.client import Client  # noqa: E402
-from securechat.commands import Say, SendFile  # noqa: E402
-from securechat.console import Console  # noqa: E402
-from securechat.tls import ClientFiles  # noqa: E402
 from securechat.errors import UsageError  # noqa: E402
-from securechat.transfer import Downloads, parse_size  # noqa: E402
+from securechat.transfer import parse_size  # noqa: E402
+
+MEMBERS_SCRIPT = Path(__file__).resolve().parent / "load_members.py"
+FANOUT_SENDER = "fanout-sender"
 
 
 def size_argument(text: str) -> int:
@@ -50,23 +58,6 @@ def size_argument(text: str) -> int:
         return parse_size(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-class RecordingConsole(Console):
-    """Keeps (monotonic time, event, fields) instead of printing."""
-
-    def __init__(self) -> None:
-        super().__init__(json_mode=True, out=open(os.devnull, "w"))
-        self.events: list[tuple[float, str, dict]] = []
-        self.changed = threading.Condition()
-
-    def event(self, event: str, **fields) -> None:
-        with self.changed:
-            self.events.append((time.monotonic(), event, fields))
-            self.changed.notify_all()
-
-    def error(self, message: str) -> None:
-        self.event("error", message=message)
 
 
 def proc_status(pid: int) -> dict[str, float]:
@@ -80,168 +71,317 @@ def proc_status(pid: int) -> dict[str, float]:
                 out[wanted[key]] = int(value.split()[0])
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    out["cpu_s"] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    out["cpu_s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
+def lines_of(stream, into: queue.Queue) -> None:
+    threading.Thread(target=lambda: [into.put(line) for line in stream] + [into.put("")], daemon=True).start()
+
+
+class Server:
+    """A real `securechat serve --json`; counts the chat lines its operator receives; samples its threads."""
+
+    def __init__(self, pid: int, port: int) -> None:
+        self.pid, self.port = pid, port
+        self.operator_messages = 0
+        self.peak_threads = 0
+        self.sampling = True
+
+    def count(self, lines: queue.Queue) -> None:
+        while (line := lines.get()) != "":
+            if '"event": "message"' in line or '"event":"message"' in line:
+                self.operator_messages += 1
+
+    def sample(self) -> None:
+        while self.sampling:
+            with contextlib.suppress(OSError):
+                self.peak_threads = max(self.peak_threads, proc_status(self.pid)["threads"])
+            time.sleep(0.25)
+
+    def status(self) -> dict:
+        status = proc_status(self.pid)
+        return {"cpu_s": round(status["cpu_s"], 2), "peak_rss_mib": round(status["peak_rss_kib"] / 1024, 1),
+                "rss_mib": round(status["rss_kib"] / 1024, 1), "threads": status["threads"],
+                "peak_threads": max(self.peak_threads, status["threads"])}
+
+
 @contextlib.contextmanager
-def running_server(certs: Path, downloads: Path) -> Iterator[tuple[int, int]]:
-    """A real `securechat serve` for the block: yields its (pid, port); always stopped."""
-    server = children.spawn(
+def running_server(certs: Path, downloads: Path) -> Iterator[Server]:
+    process = children.spawn(
         [sys.executable, "-m", "securechat", "serve", "--host", "127.0.0.1", "--port", "0",
          "--certs", str(certs), "--downloads", str(downloads), "--json"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
     )
+    server = None
     try:
         lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in server.stdout] + [lines.put("")],
-                         daemon=True).start()  # drains it for as long as it runs
+        lines_of(process.stdout, lines)  # drained for as long as it runs: a full pipe would stall it
         try:
             first = lines.get(timeout=children.budget.wait_s(30))
         except queue.Empty:
             children.budget.check("starting the server")
             raise RuntimeError("securechat serve did not start within 30 s") from None
         if not first:
-            raise RuntimeError(f"securechat serve exited ({server.wait(5)}) before listening")
-        yield server.pid, json.loads(first)["port"]
+            raise RuntimeError(f"securechat serve exited ({process.wait(5)}) before listening")
+        server = Server(process.pid, json.loads(first)["port"])
+        threading.Thread(target=server.count, args=(lines,), daemon=True).start()
+        threading.Thread(target=server.sample, daemon=True).start()
+        yield server
     finally:
-        children.stop(server, grace=30)
+        if server is not None:
+            server.sampling = False
+        children.stop(process, grace=30)
 
 
-def close_all(clients) -> None:
-    for client, _ in clients:
-        client.conn.close("load test done")
+class Workers:
+    """The member processes: start them with their share of names, read their JSON lines."""
+
+    def __init__(self, args: argparse.Namespace, port: int, certs: Path, names: list[str], folder: Path,
+                 lines: int, answer_offers: bool) -> None:
+        count = max(1, min(args.workers, len(names)))
+        self.procs, self.queues, self.latency_files = [], [], []
+        for w in range(count):
+            share = names[w::count]
+            latency_file = folder / f"latencies-{w}.bin"
+            job = {"port": port, "certs": str(certs), "names": share, "first_index": w * len(names),
+                   "worker": w, "workers": count, "lines": lines, "rate": args.rate,
+                   "answer_offers": answer_offers, "concurrency": args.connect_concurrency,
+                   "connect_timeout": args.connect_timeout, "send_timeout": lines / args.rate + 30,
+                   "drain_timeout": args.drain_timeout, "latency_file": str(latency_file)}
+            proc = children.spawn([sys.executable, str(MEMBERS_SCRIPT), json.dumps(job)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self.procs.append(proc)
+            self.queues.append(queue.Queue())
+            lines_of(proc.stdout, self.queues[-1])
+            self.latency_files.append(latency_file)
+
+    def collect(self, key: str, wanted_s: float) -> list[dict]:
+        """The `key` report of every worker, within the budget."""
+        reports = []
+        for proc, lines in zip(self.procs, self.queues):
+            deadline = time.monotonic() + children.budget.wait_s(wanted_s)
+            while True:
+                try:
+                    line = lines.get(timeout=max(0.05, deadline - time.monotonic()))
+                except queue.Empty:
+                    children.budget.check(f"waiting for the members' {key!r} report")
+                    raise RuntimeError(f"a member worker sent no {key!r} report within {wanted_s:g} s") from None
+                if not line:
+                    raise RuntimeError(f"a member worker exited ({proc.wait(5)}) before its {key!r} report")
+                message = json.loads(line)
+                if key in message:
+                    reports.append(message[key])
+                    break
+        return reports
+
+    def tell(self, command: str) -> None:
+        for proc in self.procs:
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            children.stop(proc)
 
 
-def join_all(names: list[str], port: int, certs: Path, downloads: Path, workers: int = 8):
-    def join(name: str) -> tuple[Client, RecordingConsole]:
-        console = RecordingConsole()
-        # A folder each, as on separate machines: one shared folder would hold one partial
-        # per incoming file, and the others would be refused it ("arriving already").
-        client = Client("127.0.0.1", port, ClientFiles.from_certs_dir(certs, name), Downloads(downloads / name),
-                        console)
-        client.connect()
-        return client, console
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(workers) as pool:
-        joined = list(pool.map(join, names))
-    return joined, time.monotonic() - started
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
+def percentile(ordered: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def chat_fanout(clients, server_pid: int, messages: int, rate: float, drain_timeout: float) -> dict:
-    n = len(clients)
-    sent_at: dict[str, float] = {}
-    peak = proc_status(server_pid)
-    server_cpu_before, own_cpu_before = peak["cpu_s"], sum(os.times()[:2])
-    interval = 1.0 / rate
-    start = time.monotonic()
-    for i in range(messages):
-        target = start + i * interval
-        delay = target - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        client, _ = random.choice(clients)
-        text = f"load {i}"
-        sent_at[text] = time.monotonic()
-        client.handle(Say(text))
-        if i % max(1, int(rate)) == 0:
-            status = proc_status(server_pid)
-            peak["threads"] = max(peak["threads"], status["threads"])
-    expected = messages * (n - 1)
-    deadline = time.monotonic() + children.budget.wait_s(drain_timeout)
-    while time.monotonic() < deadline:
-        got = sum(sum(1 for _, e, _ in console.events if e == "message") for _, console in clients)
-        if got >= expected:
-            break
-        time.sleep(0.2)
-    latencies = []
-    last = start
-    for _, console in clients:
-        for t, event, fields in console.events:
-            if event == "message" and fields["text"] in sent_at:
-                latencies.append(t - sent_at[fields["text"]])
-                last = max(last, t)
-    send_span = messages * interval
-    wall = max(last - start, 1e-9)
-    server_now = proc_status(server_pid)
+def connect_summary(reports: list[dict], seconds: float, members: int) -> dict:
+    ready = sum(r["ready"] for r in reports)
+    slowest = [r["slowest_s"] for r in reports if r["slowest_s"] is not None]
+    return {"members": members, "ready": ready, "failed": members - ready,
+            "failures": sorted({f for r in reports for f in r["failures"]})[:5],
+            "seconds": round(seconds, 2), "per_s": round(ready / max(seconds, 1e-9), 1),
+            "slowest_handshake_and_welcome_s": round(max(slowest), 3) if slowest else None}
+
+
+def run_chat(args: argparse.Namespace, certs: Path, names: list[str], folder: Path) -> dict:
+    lines = args.messages if args.messages is not None else int(round(args.rate * args.seconds))
+    with running_server(certs, folder / "server-downloads") as server:
+        workers = Workers(args, server.port, certs, names, folder, lines, answer_offers=False)
+        try:
+            started = time.monotonic()
+            connect = connect_summary(workers.collect("connected", args.connect_timeout + 60),
+                                      time.monotonic() - started, len(names))
+            connect["server"] = server.status()
+            print(f"connected {connect['ready']}/{len(names)} members in {connect['seconds']} s "
+                  f"(slowest {connect['slowest_handshake_and_welcome_s']} s)", flush=True)
+            if connect["failed"]:
+                print(f"  failures: {connect['failures']}", flush=True)
+            before, operator_before = server.status(), server.operator_messages
+            cpu_before = sum(os.times()[:2])
+            start = time.monotonic() + 0.5
+            workers.tell(f"go {start}")
+            workers.collect("drained", lines / args.rate + args.drain_timeout + 60)
+            elapsed = time.monotonic() - start
+            after = server.status()
+            own_cpu = sum(os.times()[:2]) - cpu_before
+            workers.tell("stop")
+            done = workers.collect("done", 60)
+        finally:
+            workers.stop()
+        operator = server.operator_messages - operator_before
+    latencies = array("d")
+    for path in workers.latency_files:
+        with open(path, "rb") as f:
+            latencies.frombytes(f.read())
+    ordered = sorted(latencies)
+    sent = sum(d["sent"] for d in done)
+    counted = sum(d["counted"] for d in done)  # ready when the lines began (late joiners are not counted)
+    delivered = sum(d["deliveries"] for d in done)
+    server_cpu = after["cpu_s"] - before["cpu_s"]
+    generator_cpu = sum(d["cpu_s"] for d in done) + own_cpu
+    all_deliveries = delivered + operator
+    ms = (lambda p: round(percentile(ordered, p), 1)) if ordered else (lambda p: None)
     return {
-        "clients": n,
-        "messages": messages,
-        "rate_per_s": rate,
-        "deliveries_expected": expected,
-        "deliveries": len(latencies),
-        "deliveries_per_s": round(len(latencies) / max(last - start, 1e-9), 1),
-        "offered_deliveries_per_s": round(expected / send_span, 1),
-        "latency_p50_ms": round(percentile(latencies, 50) * 1000, 1) if latencies else None,
-        "latency_p99_ms": round(percentile(latencies, 99) * 1000, 1) if latencies else None,
-        "latency_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
-        "server_threads_peak": peak["threads"],
-        "server_cpu_share": round((server_now["cpu_s"] - server_cpu_before) / wall, 2),
-        "load_process_cpu_share": round((sum(os.times()[:2]) - own_cpu_before) / wall, 2),
-        "server": server_now,
+        "connect": connect,
+        "chat": {
+            "members": counted, "lines_offered": lines, "lines_sent": sent, "rate_per_s": args.rate,
+            "seconds": round(elapsed, 2),
+            "deliveries_expected": sent * (counted - 1), "deliveries": delivered,
+            "operator_deliveries": operator, "lines_dropped_notices": sum(d["notices"] for d in done),
+            "offered_deliveries_per_s": round(args.rate * (counted - 1), 1),
+            "delivered_per_s": round(delivered / max(elapsed, 1e-9), 1),
+            "latency_p50_ms": ms(50), "latency_p99_ms": ms(99),
+            "latency_max_ms": round(ordered[-1], 1) if ordered else None,
+            "server_cpu_s": round(server_cpu, 2),
+            "server_cpu_us_per_delivery": round(server_cpu / max(all_deliveries, 1) * 1e6, 1),
+            "generator_cpu_s": round(generator_cpu, 2),
+            "generator_cpu_us_per_delivery": round(generator_cpu / max(all_deliveries, 1) * 1e6, 1),
+            "members_dropped": sum(d["dropped"] for d in done),
+            "dropped_reasons": sorted({r for d in done for r in d["dropped_reasons"]})[:5],
+            "server": after,
+        },
     }
 
 
-def file_fanout(clients, server_pid: int, size: int, folder: Path, timeout: float) -> dict:
-    sender, sender_console = clients[0]
-    recipients = [c for c in clients[1:]]
+def run_fanout(args: argparse.Namespace, certs: Path, names: list[str], folder: Path) -> dict:
     path = folder / "fanout.bin"
-    digest = hashlib.sha256()
     with open(path, "wb") as f:
         block = os.urandom(1024 * 1024)
-        for i in range(size // len(block)):
-            piece = block[:8] + i.to_bytes(8, "big") + block[16:]
-            f.write(piece)
-            digest.update(piece)
-    expected_names = {c.name for c, _ in recipients} | {"server"}
-    started = time.monotonic()
-    sender.handle(SendFile(path))
-    deadline = started + children.budget.wait_s(timeout)
-    with sender_console.changed:
-        while time.monotonic() < deadline:
-            answered = [f for _, e, f in sender_console.events
-                        if e in ("file_delivered", "file_failed", "file_interrupted")]
-            if len(answered) >= len(expected_names):
-                break
-            sender_console.changed.wait(0.5)
-    elapsed = time.monotonic() - started
-    delivered = [f for _, e, f in sender_console.events if e == "file_delivered"]
-    failed = [f for _, e, f in sender_console.events if e in ("file_failed", "file_interrupted")]
-    all_verified = (
-        {f["to"] for f in delivered} == expected_names
-        and all(f["sha256"] == digest.hexdigest() for f in delivered)
-    )
-    path.unlink()
+        for i in range(args.fanout_size // len(block)):
+            f.write(i.to_bytes(8, "big") + block[8:])
+        f.write(block[: args.fanout_size % len(block)])
+    with running_server(certs, folder / "server-downloads-fanout") as server:
+        workers = Workers(args, server.port, certs, names, folder, 0, answer_offers=True)
+        try:
+            connect = connect_summary(workers.collect("connected", args.connect_timeout + 60), 0, len(names))
+            workers.tell("serve")
+            started = time.monotonic()
+            sender = children.spawn(
+                [sys.executable, "-m", "securechat", "send", f"127.0.0.1:{server.port}", "--certs", str(certs),
+                 "--name", FANOUT_SENDER, "--downloads", str(folder / "sender-downloads"), "--json",
+                 "--no-reconnect", str(path)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                out, err = sender.communicate(timeout=children.budget.wait_s(args.fanout_timeout))
+            except subprocess.TimeoutExpired:
+                children.budget.check("waiting for the file fan-out")
+                raise RuntimeError(f"the file fan-out took over {args.fanout_timeout:g} s") from None
+            finally:
+                children.stop(sender)
+            elapsed = time.monotonic() - started
+            status = server.status()
+            workers.tell("stop")
+            done = workers.collect("done", 60)
+        finally:
+            workers.stop()
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    delivered = [e for e in events if e.get("event") == "file_delivered"]
+    failed = [e for e in events if e.get("event") == "file_failed"]
+    expected = set(names) | {"server"}
+    verified = sum(d["verified"] for d in done)
     return {
-        "size_bytes": size,
-        "recipients": len(expected_names),
-        "seconds": round(elapsed, 2),
-        "MB_per_s_per_recipient": round(size / elapsed / 1e6, 1),
-        "delivered": len(delivered),
-        "failed": [(f["to"], f["reason"]) for f in failed],
-        "all_verified": all_verified,
-        "server": proc_status(server_pid),
+        "size_bytes": args.fanout_size, "recipients": len(expected), "members_ready": connect["ready"],
+        "seconds": round(elapsed, 2), "MB_per_s_per_recipient": round(args.fanout_size / elapsed / 1e6, 1),
+        "delivered": len(delivered), "failed": [(e.get("to"), e.get("reason")) for e in failed],
+        "verified_by_raw_members": verified, "send_exit": sender.returncode,
+        "send_stderr": err.strip()[-500:],
+        "all_verified": sender.returncode == 0 and {e.get("to") for e in delivered} == expected
+        and verified == len(names),
+        "server": status,
     }
+
+
+def raise_open_files(members: int) -> None:
+    wanted = members + 256  # one socket per member in the workers; the server raises its own
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            raise RuntimeError(f"{members} members need {wanted} open files; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def run(args: argparse.Namespace) -> dict:
+    results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "workers": args.workers,
+                     "loadavg_before": os.getloadavg()}
+    needed = max(0 if args.skip_chat else args.members, 0 if args.skip_fanout else args.fanout_recipients)
+    raise_open_files(needed)
+    with tempfile.TemporaryDirectory(prefix="securechat-load-") as tmp:
+        folder = Path(tmp)
+        certs = folder / "certs"
+        names = [f"m{i:05d}" for i in range(needed)]
+        t = time.monotonic()
+        generate(certs, names + [FANOUT_SENDER], [])
+        results["cert_generation_s"] = round(time.monotonic() - t, 2)
+        results["certificates"] = len(names) + 1
+        print(f"{len(names) + 1} certificates in {results['cert_generation_s']} s", flush=True)
+        if not args.skip_chat:
+            results.update(run_chat(args, certs, names[: args.members], folder))
+            print(json.dumps(results["chat"], indent=2), flush=True)
+        if not args.skip_fanout:
+            results["fanout"] = run_fanout(args, certs, names[: args.fanout_recipients], folder)
+            print(json.dumps(results["fanout"], indent=2), flush=True)
+    results["loadavg_after"] = os.getloadavg()
+    return results
+
+
+def report(args: argparse.Namespace, results: dict) -> int:
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
+    status = 0
+    chat = results.get("chat")
+    if chat:
+        print(f"server {chat['server_cpu_us_per_delivery']} us CPU per delivery, "
+              f"generator {chat['generator_cpu_us_per_delivery']} us", flush=True)
+        if (chat["deliveries"] != chat["deliveries_expected"] or results["connect"]["failed"]
+                or chat["lines_sent"] != chat["lines_offered"]):
+            print(f"LOST: sent {chat['lines_sent']} of {chat['lines_offered']} lines, "
+                  f"delivered {chat['deliveries']} of {chat['deliveries_expected']}; "
+                  f"{results['connect']['failed']} members failed to connect", file=sys.stderr)
+            status = 1
+    fanout = results.get("fanout")
+    if fanout and not fanout["all_verified"]:
+        print(f"FAN-OUT: not every recipient verified the file: delivered {fanout['delivered']}, "
+              f"failed {fanout['failed']}", file=sys.stderr)
+        status = 1
+    return status
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=500)
-    parser.add_argument("--messages", type=int, default=400)
-    parser.add_argument("--rate", type=float, default=20.0, help="messages per second across the room")
+    parser.add_argument("--members", "--clients", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2, help="member processes, one selectors loop each")
+    parser.add_argument("--rate", type=float, default=20.0, help="chat lines per second to the whole room")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to send (unless --messages)")
+    parser.add_argument("--messages", type=int, help="lines to send in all (instead of --seconds)")
+    parser.add_argument("--connect-concurrency", type=int, default=64, help="handshakes in flight per worker")
+    parser.add_argument("--connect-timeout", type=float, default=300.0)
+    parser.add_argument("--drain-timeout", type=float, default=30.0, help="wait for late lines after the last send")
     parser.add_argument("--fanout-size", type=size_argument, default=parse_size("256MiB"))
-    parser.add_argument("--fanout-recipients", type=int, default=10, help="clients receiving the file (+ the operator)")
+    parser.add_argument("--fanout-recipients", type=int, default=10, help="members receiving the file (+ the operator)")
+    parser.add_argument("--fanout-timeout", type=float, default=600.0)
     parser.add_argument("--skip-chat", action="store_true")
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--deadline", type=float, help="seconds the whole run may take, every wait included")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    if args.members < 2 or args.workers < 1 or args.rate <= 0 or args.fanout_recipients < 1:
+        return children.fail("--members must be at least 2, --workers and --fanout-recipients at least 1, "
+                             "--rate over 0")
     children.start_budget(args.deadline)
     with children.stopped_on_exit():
         try:
@@ -249,52 +389,6 @@ def main() -> int:
         except (RuntimeError, OSError) as exc:  # BudgetSpent included
             return children.fail(str(exc))
     return report(args, results)
-
-
-def run(args: argparse.Namespace) -> dict:
-    results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory(prefix="securechat-load-") as tmp:
-        folder = Path(tmp)
-        certs = folder / "certs"
-        total = max(args.clients, args.fanout_recipients + 1)
-        names = [f"p{i:04d}" for i in range(total)]
-        t = time.monotonic()
-        generate(certs, names, [])
-        results["cert_generation_s"] = round(time.monotonic() - t, 2)
-        downloads = folder / "client-downloads"
-
-        if not args.skip_chat:
-            with running_server(certs, folder / "server-downloads") as (pid, port):
-                clients, connect_s = join_all(names[: args.clients], port, certs, downloads)
-                results["connect"] = {"clients": args.clients, "seconds": round(connect_s, 2),
-                                      "per_s": round(args.clients / connect_s, 1), "server": proc_status(pid)}
-                print(f"connected {args.clients} clients in {connect_s:.2f} s", flush=True)
-                results["chat"] = chat_fanout(clients, pid, args.messages, args.rate, drain_timeout=60)
-                print(json.dumps(results["chat"], indent=2), flush=True)
-                close_all(clients)
-
-        if not args.skip_fanout:
-            with running_server(certs, folder / "server-downloads-fanout") as (pid, port):
-                clients, _ = join_all(names[: args.fanout_recipients + 1], port, certs, downloads)
-                results["fanout"] = file_fanout(clients, pid, args.fanout_size, folder, timeout=600)
-                print(json.dumps(results["fanout"], indent=2), flush=True)
-                close_all(clients)
-    return results
-
-
-def report(args: argparse.Namespace, results: dict) -> int:
-    if args.json_out:
-        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
-    chat = results.get("chat")
-    if chat and chat["deliveries"] != chat["deliveries_expected"]:
-        print(f"LOST: {chat['deliveries_expected'] - chat['deliveries']} deliveries", file=sys.stderr)
-        return 1
-    fanout = results.get("fanout")
-    if fanout and not fanout["all_verified"]:
-        print(f"FAN-OUT: not every recipient verified the file: delivered {fanout['delivered']}, "
-              f"failed {fanout['failed']}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -41,13 +41,40 @@ def test_bench_smoke(tmp_path):
 @pytest.mark.timeout(240)
 def test_load_smoke(tmp_path):
     out = tmp_path / "load.json"
-    result = run_script([sys.executable, str(SCRIPTS / "load.py"), "--clients", "8", "--messages", "20",
-                         "--fanout-size", "4MiB", "--fanout-recipients", "3", "--deadline", "150",
-                         "--json-out", str(out)], timeout=200)
+    result = run_script([sys.executable, str(SCRIPTS / "load.py"), "--members", "8", "--workers", "2",
+                         "--messages", "20", "--rate", "20", "--fanout-size", "4MiB", "--fanout-recipients", "3",
+                         "--deadline", "150", "--json-out", str(out)], timeout=200)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["chat"]["deliveries"] == report["chat"]["deliveries_expected"] == 20 * 7
-    assert report["fanout"]["all_verified"]
+    assert report["connect"]["ready"] == 8 and report["connect"]["slowest_handshake_and_welcome_s"] > 0
+    chat = report["chat"]
+    # Counted by the raw members in two worker processes: each line reaches the other 7, and the operator.
+    assert chat["deliveries"] == chat["deliveries_expected"] == 20 * 7
+    assert chat["operator_deliveries"] == 20
+    # Every delivery was timed (the send time travels in the line), not only some.
+    assert chat["latency_p50_ms"] is not None and chat["latency_max_ms"] >= chat["latency_p99_ms"] > 0
+    # Both costs are reported so a reader can see the generator is not the bottleneck; their
+    # ratio is for the benchmark to print, not for a smoke test on a shared machine to assert.
+    for key in ("server_cpu_us_per_delivery", "generator_cpu_us_per_delivery"):
+        assert chat[key] >= 0, key
+    assert chat["server"]["peak_rss_mib"] > 0 and chat["server"]["peak_threads"] >= 1
+    fanout = report["fanout"]
+    assert fanout["all_verified"] and fanout["verified_by_raw_members"] == 3 and fanout["delivered"] == 4
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_load_run_its_server_and_its_member_workers(tmp_path):
+    marker = f"SECURECHAT_TEST_SCRIPT={uuid.uuid4().hex}"
+    script = _start_script([str(SCRIPTS / "load.py"), "--members", "20", "--rate", "5", "--seconds", "600",
+                            "--skip-fanout", "--deadline", "100"], marker)
+    try:
+        _wait_for_children(script.pid, {"securechat", "load_members.py"})
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(60) == 128 + signal.SIGTERM
+        assert processes_of_this_run(marker) == {}
+    finally:
+        stop_process_group(script)
+        stop_leftovers(grace=0, marker=marker)
 
 
 @pytest.mark.timeout(240)
