@@ -103,6 +103,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _lines(stream):
+    """The stream's lines until EOF, or until stop() closes it under the reading thread."""
+    try:
+        yield from stream
+    except (ValueError, OSError):
+        return
+
+
 class Proc:
     """A securechat subprocess whose stdout --json events are collected by a thread."""
 
@@ -126,7 +134,7 @@ class Proc:
             pump.start()
 
     def _pump_stdout(self) -> None:
-        for raw in self.popen.stdout:
+        for raw in _lines(self.popen.stdout):
             line = raw.decode("utf-8", "replace").rstrip("\n")
             try:
                 event = json.loads(line)
@@ -136,7 +144,7 @@ class Proc:
             self._queue.put(event)
 
     def _pump_stderr(self) -> None:
-        for raw in self.popen.stderr:
+        for raw in _lines(self.popen.stderr):
             self.stderr_lines.append(raw.decode("utf-8", "replace"))
 
     def send(self, line: str) -> None:
