@@ -12,10 +12,11 @@ import time
 
 import pytest
 
+from members import Member
 from securechat import frames
 from securechat.certfiles import CertsLayout
 from securechat.certs import generate, issue_client, load_cert, load_key, save_pair
-from securechat.room import Participant, Room
+from securechat.room import Room
 
 
 @pytest.fixture(scope="module")
@@ -155,35 +156,6 @@ def test_a_file_cut_off_on_one_device_reaches_the_recipient_still_present(room, 
     laptop.send(frames.Result(id=again.id, ok=True, sha256=again.sha256))
     bob.wait_event("file_delivered", to="dave", name="photos.zip")
     assert bob.count("left", name="dave") == 0
-
-
-class Member(Participant):
-    """An in-memory participant that records what the room gives it."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.got: list = []
-
-    def deliver(self, message, encoded=None):
-        self.got.append(message)
-
-    def offer(self, relay):
-        self.got.append(("offer", relay.id))
-
-    def start_sending(self, relay):
-        self.got.append(("start", relay.start))
-
-    def chunk(self, relay, frame, data, pause):
-        return True
-
-    def end(self, relay, sha256):
-        self.got.append(("end", sha256))
-
-    def abort(self, relay, reason):
-        self.got.append(("abort", reason))
-
-    def kick(self, reason):
-        pass
 
 
 class Targets(list):
