@@ -228,8 +228,10 @@ class Connection:
     def _paused(self) -> bool:
         if self._waiting_on:
             self._waiting_on = [o for o in self._waiting_on if not o.has_room()]
-        if self._resume_reading_at and time.monotonic() < self._resume_reading_at:
-            return True
+        if self._resume_reading_at:
+            if time.monotonic() < self._resume_reading_at:
+                return True
+            self._resume_reading_at = 0.0  # passed: the per-frame check costs nothing again
         return bool(self._waiting_on)
 
     def _run(self) -> None:
