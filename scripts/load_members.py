@@ -37,7 +37,7 @@ from securechat.tls import ClientFiles, client_context  # noqa: E402
 
 READ_SIZE = 256 * 1024
 CHAT_PREFIX = b'{"type":"chat"'  # the server encodes compactly with "type" first (frames.encode)
-PRESENCE_PREFIXES = (b'{"type":"joined"', b'{"type":"left"')
+PRESENCE_PREFIXES = (b'{"type":"presence"',)
 
 
 class Member:

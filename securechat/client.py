@@ -159,15 +159,12 @@ class Client:
         if not self.online.is_set():
             self._greeting(conn, frame)
             return
-        if isinstance(frame, (frames.Joined, frames.Left)):
+        if isinstance(frame, frames.Presence):
             with self._presence:
-                if isinstance(frame, frames.Joined):
-                    self.present.add(frame.name)
-                else:
-                    self.present.discard(frame.name)
+                self.present.difference_update(d["name"] for d in frame.left)
+                self.present.update(frame.joined)
                 self._presence.notify_all()
-        if isinstance(frame, frames.Joined):
-            self._resend(self.outgoing.due([frame.name]))
+            self._resend(self.outgoing.due(frame.joined))
         if isinstance(frame, frames.Accept):
             self._accepted.add(frame.id)  # before the send thread can see it (outgoing.handle wakes it)
         if show_message(self.console, frame) or self.outgoing.handle(frame):

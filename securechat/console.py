@@ -212,10 +212,11 @@ def show_message(console: Console, message: frames.Frame) -> bool:
     match message:
         case frames.Chat():
             console.event("message", **{"from": message.sender}, text=message.text, to=message.to)
-        case frames.Joined():
-            console.event("joined", name=message.name)
-        case frames.Left():
-            console.event("left", name=message.name, reason=message.reason)
+        case frames.Presence():
+            for departure in message.left:  # first: one who dropped and came back is in both
+                console.event("left", name=departure["name"], reason=departure.get("reason", ""))
+            for name in message.joined:
+                console.event("joined", name=name)
         case frames.Who(names=names) if names is not None:
             console.event("who", names=names)
         case frames.Notice():

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Union
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 2  # 2: offers carry the SHA-256 and wait for accept (resume)
+PROTOCOL_VERSION = 3  # 2: offers carry the SHA-256 and wait for accept (resume); 3: presence in batches
 ALPN_PROTOCOL = "securechat/1"
 
 HEADER = struct.Struct(">BI")
@@ -244,17 +244,30 @@ class Who:
     names: list | None = _f(_optional(_names), None)
 
 
-@dataclass(frozen=True)
-class Joined:
-    TYPE: ClassVar[str] = "joined"
-    name: str = _f(_identity)
+def _departures(value: Any) -> bool:
+    """[{"name": name, "reason": reason}, ...]: who left, and why (empty: a normal leave)."""
+    return (
+        isinstance(value, list)
+        and len(value) <= MAX_MEMBERS
+        and all(
+            isinstance(v, dict) and set(v) <= {"name", "reason"} and _identity(v.get("name"))
+            and _reason(v.get("reason", ""))
+            for v in value
+        )
+    )
 
 
 @dataclass(frozen=True)
-class Left:
-    TYPE: ClassVar[str] = "left"
-    name: str = _f(_identity)
-    reason: str = _f(_reason, "")
+class Presence:
+    """Server to client: who left and who joined since the last presence message.
+
+    Batched (protocol 3), so a reconnect storm of N members costs N messages per
+    member instead of one per arrival (N squared in all). Apply `left` first, then
+    `joined`: a member who dropped and came back within one batch appears in both."""
+
+    TYPE: ClassVar[str] = "presence"
+    joined: list = _f(_names)
+    left: list = _f(_departures)
 
 
 @dataclass(frozen=True)
@@ -284,10 +297,10 @@ class Chunk:
     data: bytes | bytearray | memoryview
 
 
-Message = Union[Hello, Welcome, Chat, Offer, Accept, End, Abort, Cancel, Recipients, Result, Who, Joined, Left, Notice, Bye]
+Message = Union[Hello, Welcome, Chat, Offer, Accept, End, Abort, Cancel, Recipients, Result, Who, Presence, Notice, Bye]
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls
-    for cls in (Hello, Welcome, Chat, Offer, Accept, End, Abort, Cancel, Recipients, Result, Who, Joined, Left, Notice, Bye)
+    for cls in (Hello, Welcome, Chat, Offer, Accept, End, Abort, Cancel, Recipients, Result, Who, Presence, Notice, Bye)
 }
 Frame = Union[Message, Chunk]
 

@@ -148,7 +148,7 @@ class Room:
                 return False
             member.greet(sorted(n for n in self._members if n != member.name))
             if not connections:
-                self._broadcast(frames.Joined(name=member.name), skip=member)
+                self._broadcast(frames.Presence(joined=[member.name], left=[]), skip=member)
             connections.append(member)
             self._members[member.name] = connections
             return True
@@ -161,7 +161,7 @@ class Room:
                 connections.remove(member)
                 if not connections:
                     del self._members[member.name]
-                    self._broadcast(frames.Left(name=member.name, reason=reason), skip=member)
+                    self._broadcast(frames.Presence(joined=[], left=[{"name": member.name, "reason": reason}]), skip=member)
             self._forget(member, f"{member.name} left ({reason})" if reason else f"{member.name} left", interrupted)
 
     def _forget(self, member: Participant, reason: str, interrupted: bool) -> None:

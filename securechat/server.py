@@ -222,8 +222,8 @@ class Operator(Participant):
         self.outgoing = Outgoing(console)
 
     def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
-        if isinstance(message, frames.Joined):
-            self._resend(self.outgoing.due([message.name]))  # back after a drop: resume what it missed
+        if isinstance(message, frames.Presence):
+            self._resend(self.outgoing.due(message.joined))  # back after a drop: resume what it missed
         show_message(self.console, message) or self.outgoing.handle(message)
         if isinstance(message, frames.Result) and message.interrupted:
             # Cut off on one connection while another of its is still here: no `joined` will

@@ -41,3 +41,14 @@ class Member(Participant):
 
     def of(self, kind):
         return [m for m in self.got if isinstance(m, kind)]
+
+
+def presence(received) -> list[tuple[str, str]]:
+    """("joined"|"left", name) for every presence change in `received`, in the order a client applies them."""
+    from securechat import frames
+
+    changes = []
+    for frame in received:
+        if isinstance(frame, frames.Presence):
+            changes += [("left", d["name"]) for d in frame.left] + [("joined", n) for n in frame.joined]
+    return changes

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from members import Member
+from members import Member, presence
 from securechat import frames
 from securechat.certfiles import CertsLayout
 from securechat.certs import generate, issue_client, load_cert, load_key, save_pair
@@ -63,7 +63,7 @@ def test_a_refused_operator_impostor_says_nothing_before_it_is_closed(make_room,
     # closed, so it is ahead of the answer to this.
     alice.send(frames.Who())
     seen = frames_until(alice, frames.Who)
-    assert not [f for f in seen if isinstance(f, (frames.Chat, frames.Offer, frames.Joined))], seen
+    assert not [f for f in seen if isinstance(f, (frames.Chat, frames.Offer, frames.Presence))], seen
     assert seen[-1].names == ["alice", "server"]
     assert not [f for f in closing if isinstance(f, (frames.Welcome, frames.Recipients, frames.Notice))], closing
 
@@ -274,8 +274,8 @@ def test_another_identitys_session_id_replaces_nothing(room, raw_client):
     dave.send(frames.Chat(text="hello bob", to="bob"))
     seen = frames_until(bob, frames.Chat)
     assert seen[-1].text == "hello bob" and seen[-1].sender == "dave"
-    assert not [f for f in seen if isinstance(f, (frames.Bye, frames.Left))], seen
-    assert [f.name for f in seen if isinstance(f, frames.Joined)] == ["dave"] * 4  # each replaced his only one
+    assert not [f for f in seen if isinstance(f, frames.Bye)], seen
+    assert presence(seen) == [("joined", "dave")] * 4  # each replaced his only one: no left
 
 
 def test_accepts_and_verdicts_for_transfers_never_offered_change_nothing(room, raw_client, tmp_path):
@@ -352,7 +352,7 @@ def test_presence_of_an_identity_whose_connections_come_and_go_at_once(room, raw
         raise AssertionError("dave is still in the room after all his connections closed")
     bob.send(frames.Who())
     seen = frames_until(bob, frames.Who)
-    presence = [type(f).__name__ for f in seen if isinstance(f, (frames.Joined, frames.Left)) and f.name == "dave"]
-    assert presence and presence[0] == "Joined" and presence[-1] == "Left", presence
-    assert all(a != b for a, b in zip(presence, presence[1:])), presence
+    changes = [kind for kind, name in presence(seen) if name == "dave"]
+    assert changes and changes[0] == "joined" and changes[-1] == "left", changes
+    assert all(a != b for a, b in zip(changes, changes[1:])), changes
     assert seen[-1].names == ["bob", "carol", "server"]

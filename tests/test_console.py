@@ -41,7 +41,7 @@ def test_json_lines_are_ascii_and_exact():
 def test_show_message_reports_room_messages_only():
     out = io.StringIO()
     console = Console(json_mode=True, out=out)
-    assert show_message(console, frames.Joined(name="bob"))
+    assert show_message(console, frames.Presence(joined=["bob"], left=[]))
     assert show_message(console, frames.Who(names=["a"]))
     assert not show_message(console, frames.Who())  # a request, not an answer
     assert not show_message(console, frames.End(id=1, sha256="0" * 64))

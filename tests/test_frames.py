@@ -27,8 +27,8 @@ SAMPLES = [
     frames.Result(id=7, ok=False, reason="bob left", interrupted=True, sender="bob"),
     frames.Who(),
     frames.Who(names=["a", "b"]),
-    frames.Joined(name="bob"),
-    frames.Left(name="bob", reason="timeout"),
+    frames.Presence(joined=["bob"], left=[]),
+    frames.Presence(joined=["carol", "bob"], left=[{"name": "bob", "reason": "timeout"}, {"name": "dave"}]),
     frames.Notice(text="nobody named 'x' is here"),
     frames.Bye(reason="left"),
 ]

@@ -113,10 +113,9 @@ def test_simultaneous_joins_all_see_each_other(make_room, crowd_pki):
             while True:
                 frame = clients[name].next_frame(20)
                 assert frame is not None, f"{name}'s connection closed"
-                if isinstance(frame, frames.Joined):
-                    view.add(frame.name)
-                elif isinstance(frame, frames.Left):
-                    view.discard(frame.name)
+                if isinstance(frame, frames.Presence):
+                    view.difference_update(d["name"] for d in frame.left)
+                    view.update(frame.joined)
                 elif isinstance(frame, frames.Chat) and frame.text == "sync" or isinstance(frame, frames.Who):
                     break
             assert view == (set(names) | {"server"}) - {name}, f"{name} misses {(set(names) | {'server'}) - {name} - view}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from members import Member
+from members import Member, presence
 from securechat import frames
 from securechat.ratelimit import TokenBucket
 from securechat.identity import same_name
@@ -38,11 +38,11 @@ def test_an_identity_is_announced_once_and_leaves_with_its_last_connection(room)
     laptop, phone = Member("alice", "laptop-1"), Member("alice", "phone-22")
     room.join(laptop)
     room.join(phone)
-    assert [m.name for m in bob.of(frames.Joined)] == ["alice"]
+    assert presence(bob.got) == [("joined", "alice")]
     room.leave(laptop, "")
-    assert bob.of(frames.Left) == []
+    assert presence(bob.got) == [("joined", "alice")]
     room.leave(phone, "")
-    assert [m.name for m in bob.of(frames.Left)] == ["alice"]
+    assert presence(bob.got) == [("joined", "alice"), ("left", "alice")]
     assert room.names() == ["bob", "server"]
 
 
