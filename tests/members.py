@@ -1,52 +1,104 @@
-"""An in-memory room participant for tests: records what the room gives it (no sockets, no threads)."""
+"""The server's pure core in memory: a Room and one ServerProtocol per connection, a fake clock.
+
+Like h11's paired-connection tests: no sockets, threads or timers. `Hall`
+carries out the room's actions the way the server's loop does, and every
+connection (`Seat`) records the frames it would have been sent, decoded from
+the bytes the protocol produced.
+"""
 
 from __future__ import annotations
 
-from securechat.room import Participant
+from securechat import frames
+from securechat.srv.actions import Close, Fanout, PauseReading, Send, SendData
+from securechat.srv.protocol import ServerProtocol
+from securechat.srv.room import Member, Room
+
+OPERATOR = "server"
 
 
-class Member(Participant):
-    """A participant that records what the room gives it."""
+class Seat:
+    """One connection: what it was sent, whether it was closed, until when it is not read."""
 
-    def __init__(self, name: str, session: str | None = None, receives_files: bool = True) -> None:
-        self.name, self.session, self.receives_files = name, session, receives_files
+    def __init__(self, hall: "Hall", name: str, operator: bool = False) -> None:
+        self.hall = hall
+        self.name = name
+        self.protocol = ServerProtocol(name, "test")
+        self.member = Member(name, operator=operator, link=self)
         self.got: list = []
-        self.kicked: str | None = None
-        self.welcome: list[str] | None = None
+        self.closed: tuple[str, str | None] | None = None
+        self.paused_until = 0.0
 
-    def greet(self, members):
-        self.welcome = members
+    def receive(self, data: bytes) -> None:
+        decoder = frames.FrameDecoder()
+        decoder.feed(data)
+        while (frame := decoder.next_frame()) is not None:
+            self.got.append(frame)
 
-    def deliver(self, message, encoded=None):
-        self.got.append(message)
+    def of(self, kind) -> list:
+        return [f for f in self.got if isinstance(f, kind)]
 
-    def offer(self, relay):
-        self.got.append(("offer", relay))
+    def last(self, kind):
+        found = self.of(kind)
+        assert found, f"{self.name} got no {kind.__name__}: {self.got}"
+        return found[-1]
 
-    def start_sending(self, relay):
-        self.got.append(("start", relay.start))
+    def send(self, message: frames.Frame) -> None:
+        self.hall.send(self, message)
 
-    def chunk(self, relay, frame, data, pause):
-        self.got.append(("chunk", bytes(data)))
-        return True
 
-    def end(self, relay, sha256):
-        self.got.append(("end", sha256))
+class Hall:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.room = Room(OPERATOR, now)
+        self.operator = self.connect(OPERATOR, operator=True)
 
-    def abort(self, relay, reason):
-        self.got.append(("abort", reason))
+    def connect(self, name: str, session: str | None = None, receive_files: bool = True,
+                operator: bool = False) -> Seat:
+        seat = Seat(self, name, operator)
+        self.send(seat, frames.Hello(version=frames.PROTOCOL_VERSION, session=session, receive_files=receive_files))
+        return seat
 
-    def kick(self, reason):
-        self.kicked = reason
+    def send(self, seat: Seat, message: frames.Frame) -> None:
+        """What the loop does with one frame from `seat` (protocol errors propagate to the test)."""
+        checked = seat.protocol.receive(message)
+        if checked is None:
+            return
+        if isinstance(checked, frames.Hello):
+            seat.member.session, seat.member.receives_files = checked.session, checked.receive_files
+            seat.receive(seat.protocol.welcome_hello())
+            self.act(self.room.join(seat.member, self.now))
+        elif isinstance(checked, frames.Bye):
+            self.leave(seat, "", clean=True)
+        else:
+            self.act(self.room.handle(seat.member, checked, self.now))
 
-    def of(self, kind):
-        return [m for m in self.got if isinstance(m, kind)]
+    def leave(self, seat: Seat, reason: str = "", clean: bool = True) -> None:
+        self.act(self.room.leave(seat.member, "" if clean else reason, not clean, self.now))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.act(self.room.tick(self.now))
+
+    def act(self, actions) -> None:
+        for action in actions:
+            if isinstance(action, Fanout):
+                for member in action.to:
+                    if member is not action.skip:
+                        member.link.receive(action.frame)
+            elif isinstance(action, SendData):
+                action.to.link.receive(action.frame)
+            elif isinstance(action, Send):
+                action.to.link.receive(action.to.link.protocol.send(action.message))
+            elif isinstance(action, PauseReading):
+                action.member.link.paused_until = action.until
+            elif isinstance(action, Close):
+                seat = action.member.link
+                seat.closed = (action.reason, action.code)
+                self.act(self.room.leave(action.member, action.reason, True, self.now))
 
 
 def presence(received) -> list[tuple[str, str]]:
     """("joined"|"left", name) for every presence change in `received`, in the order a client applies them."""
-    from securechat import frames
-
     changes = []
     for frame in received:
         if isinstance(frame, frames.Presence):

