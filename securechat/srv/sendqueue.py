@@ -33,7 +33,7 @@ class SendQueue:
         self._control_bytes = 0
         self._data: deque[bytes] = deque()
         self._data_bytes = 0
-        self._current: memoryview | None = None  # being written: the same bytes until all are out
+        self._current: bytes | memoryview | None = None  # being written: the same bytes until all are out
         self.progress_at = now  # when a byte was last written, or the data lane last filled up
 
     def put_control(self, frame: bytes) -> bool:
@@ -61,13 +61,13 @@ class SendQueue:
     def __bool__(self) -> bool:
         return self._current is not None or bool(self._control) or bool(self._data)
 
-    def next_write(self) -> memoryview | None:
+    def next_write(self) -> bytes | memoryview | None:
         """The bytes to write next (the same ones again after a short write)."""
         if self._current is None:
             if self._control:
-                self._current = memoryview(self._join(self._control, is_data=False))
+                self._current = self._join(self._control, is_data=False)
             elif self._data:
-                self._current = memoryview(self._join(self._data, is_data=True))
+                self._current = self._join(self._data, is_data=True)
         return self._current
 
     def _join(self, lane: deque[bytes], is_data: bool) -> bytes:
@@ -89,10 +89,13 @@ class SendQueue:
 
     def wrote(self, n: int, now: float) -> None:
         """`n` bytes of next_write() went out."""
-        assert self._current is not None
+        current = self._current
+        assert current is not None
         self.progress_at = now
-        rest = self._current[n:]
-        self._current = rest if len(rest) else None
+        if n >= len(current):
+            self._current = None
+        else:
+            self._current = memoryview(current)[n:]
 
     def stalled(self, now: float) -> bool:
         return self._data_bytes >= DATA_LOW_WATER and now - self.progress_at >= STALL_TIMEOUT
