@@ -36,6 +36,7 @@ from .sendqueue import STALL_TIMEOUT
 HELLO_TIMEOUT = 10.0
 CLOSE_FLUSH_TIMEOUT = 10.0
 LINGER_TIMEOUT = 5.0
+SHUTDOWN_FLUSH_TIMEOUT = 8.0  # the whole of a shutdown's goodbyes: flushing, then lingering
 CRL_POLL_INTERVAL = 0.5  # seconds between checks for a changed CRL, to drop revoked members
 HOUSEKEEPING_INTERVAL = 0.25  # deadlines of handshakes, hellos, closes and stalls are checked this often
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -55,6 +56,10 @@ class Loop:
         self._selector = selectors.DefaultSelector()
         self._admissions = Admissions()
         self._links: set[Link] = set()
+        # Only these have deadlines (not yet open, or closing) or may stall: housekeeping
+        # looks at them alone, not at all 5,000 links four times a second.
+        self._unsettled: set[Link] = set()
+        self._holding: set[Link] = set()  # links whose full data lane holds a sender
         self._dirty: set[Link] = set()  # frames queued this turn, not yet written
         self._again: set[Link] = set()  # to be served without waiting for the selector
         self._listener: socket.socket | None = None
@@ -159,6 +164,7 @@ class Loop:
             now = self._clock()
             link = Link(sock, addr[0], source, State.HANDSHAKE, now + HANDSHAKE_TIMEOUT, now)
             self._links.add(link)
+            self._unsettled.add(link)
             self._watch(link, _READ)
             self._handshake(link)
 
@@ -195,6 +201,7 @@ class Loop:
         link.protocol = ServerProtocol(name, self.software)
         link.member = Member(name, operator=link.operator, link=link)
         self._links.add(link)
+        self._unsettled.add(link)
         self._watch(link, _READ)
 
     def _refused(self, link: Link, name: str, reason: str) -> None:
@@ -264,6 +271,7 @@ class Loop:
     def _greeted(self, link: Link, hello: frames.Hello, now: float) -> None:
         assert link.member is not None and link.protocol is not None
         link.state, link.deadline = State.OPEN, None
+        self._unsettled.discard(link)
         link.member.session, link.member.receives_files = hello.session, hello.receive_files
         self._queue_control(link, link.protocol.welcome_hello())
         self._act(self.room.join(link.member, now))
@@ -306,7 +314,8 @@ class Loop:
     def _queue_control(self, link: Link, frame: bytes) -> None:
         if link.state not in (State.GREETING, State.OPEN):
             return
-        if not link.queue.put_control(frame):
+        # The operator is this process: its queue is never a reason to end the server's own member.
+        if not link.queue.put_control(frame) and not link.operator:
             self._drop(link, "too slow: 4096 KiB of messages waiting unread", send_bye=False)
             return
         self._dirty.add(link)
@@ -321,6 +330,7 @@ class Loop:
             if sender is not None and sender is not link:
                 sender.waiting_on.add(link)
                 link.blocking.add(sender)
+                self._holding.add(link)
 
     _current_sender: Link | None = None
 
@@ -355,6 +365,7 @@ class Loop:
             if not sender.waiting_on and sender.state is State.OPEN:
                 self._again.add(sender)
         link.blocking.clear()
+        self._holding.discard(link)
 
     def _watch(self, link: Link, events: int) -> None:
         if link.state is State.CLOSED or events == link.events:
@@ -392,6 +403,7 @@ class Loop:
                             self._clock())
         link.state, link.why = State.CLOSING, reason
         link.deadline = self._clock() + CLOSE_FLUSH_TIMEOUT
+        self._unsettled.add(link)
         self._release(link)
         self._forget_waits(link)
         self._watch(link, _WRITE)
@@ -404,6 +416,7 @@ class Loop:
         link.shut_our_half()
         link.state, link.deadline = State.LINGER, self._clock() + LINGER_TIMEOUT
         self._links.add(link)
+        self._unsettled.add(link)
         self._watch(link, _READ)
 
     def _finish(self, link: Link) -> None:
@@ -418,6 +431,8 @@ class Loop:
         self._release(link)
         self._forget_waits(link)
         self._links.discard(link)
+        self._unsettled.discard(link)
+        self._holding.discard(link)
         self._timed_pauses.discard(link)
         self._again.discard(link)
         link.close()
@@ -432,7 +447,7 @@ class Loop:
     def _housekeeping(self, now: float) -> None:
         """Deadlines: handshakes, hellos, closes, lingers; frozen recipients; the CRL."""
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
-        for link in list(self._links):
+        for link in list(self._unsettled | self._holding):
             if link.deadline is not None and now >= link.deadline:
                 if link.state is State.HANDSHAKE:
                     self._refused(link, "?", f"no TLS handshake within {HANDSHAKE_TIMEOUT:.0f} s")
@@ -442,7 +457,7 @@ class Loop:
                     self._linger(link)
                 else:
                     self._finish(link)
-            elif link.blocking and link.queue.stalled(now):
+            elif link.blocking and not link.operator and link.queue.stalled(now):
                 self._drop(link, f"too slow: read nothing of a file for {STALL_TIMEOUT:.0f} s", send_bye=False)
         if now >= self._next_crl_poll:
             self._next_crl_poll = now + CRL_POLL_INTERVAL
@@ -474,12 +489,18 @@ class Loop:
                 self._close(link, reason, None)
             elif link.state is State.HANDSHAKE:
                 self._finish(link)
-        deadline = self._clock() + CLOSE_FLUSH_TIMEOUT
-        while any(link.state is State.CLOSING for link in self._links) and self._clock() < deadline:
+        # Flushing and lingering, bounded: a reset from closing with unread input could
+        # destroy the bye before a client reads it.
+        deadline = self._clock() + SHUTDOWN_FLUSH_TIMEOUT
+        while self._unsettled and self._clock() < deadline:
             for key, mask in self._selector.select(0.1):
                 if isinstance(key.data, Link):
                     self._serve(key.data, mask)
             self._write_dirty()
+            now = self._clock()
+            for link in list(self._unsettled):
+                if link.deadline is not None and now >= link.deadline:
+                    self._linger(link) if link.state is State.CLOSING else self._finish(link)
         for link in list(self._links):
             self._finish(link)
         self._selector.close()
