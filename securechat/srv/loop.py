@@ -68,6 +68,7 @@ class Loop:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, _READ, None)
         self._stop_reason: str | None = None
+        self._operator_attached = False
         self._buffer = memoryview(bytearray(256 * 1024))
         self._next_housekeeping = 0.0
         self._timed_pauses: set[Link] = set()  # links not read until their paused_until
@@ -76,15 +77,19 @@ class Loop:
     # ------------------------------------------------------------ set-up, from any thread before run()
 
     def listen(self, listener: socket.socket) -> None:
+        """Accept on `listener` once the operator (if one is attached) is in the room, so every
+        member's welcome lists the operator."""
         listener.setblocking(False)
         self._listener = listener
-        self._selector.register(listener, _READ, "listener")
+        if not self._operator_attached:
+            self._selector.register(listener, _READ, "listener")
 
     def attach_local(self, sock: socket.socket, name: str) -> None:
         """The operator: a member over a socketpair, in this process, with the operator's identity."""
         sock.setblocking(False)
         link = Link(sock, "local", None, State.GREETING, None, self._clock())
         link.operator = True
+        self._operator_attached = True
         self._open(link, name)
 
     def stop(self, reason: str) -> None:
@@ -275,6 +280,8 @@ class Loop:
         link.member.session, link.member.receives_files = hello.session, hello.receive_files
         self._queue_control(link, link.protocol.welcome_hello())
         self._act(self.room.join(link.member, now))
+        if link.operator and self._listener is not None:
+            self._selector.register(self._listener, _READ, "listener")
 
     # ------------------------------------------------------------ the room's actions
 
@@ -482,7 +489,8 @@ class Loop:
     def _shutdown(self, reason: str) -> None:
         """Tell everyone, give their queues CLOSE_FLUSH_TIMEOUT to drain, close."""
         if self._listener is not None:
-            self._selector.unregister(self._listener)
+            if self._listener.fileno() in (key.fd for key in self._selector.get_map().values()):
+                self._selector.unregister(self._listener)
             self._listener.close()
         for link in list(self._links):
             if link.state in (State.GREETING, State.OPEN):
