@@ -23,6 +23,7 @@ from .room import Room
 
 LISTEN_BACKLOG = 4096  # a reconnect storm of thousands arrives at once
 SHUTDOWN_TIMEOUT = 15.0
+OPERATOR_JOIN_TIMEOUT = 10.0
 SOFTWARE = "securechat-server/0.2"
 
 
@@ -82,7 +83,11 @@ class Server:
         return self.address
 
     def start(self) -> None:
+        """Run the loop; return once the operator is in the room (the listener opens then)."""
         self._thread.start()
+        welcomed = getattr(self.operator, "welcomed", None)
+        if welcomed is not None:
+            welcomed.wait(OPERATOR_JOIN_TIMEOUT)
 
     def shutdown(self, reason: str = "server shutting down", wait_for_transfers: bool = False) -> None:
         """Stop accepting, tell every client, close. `exit` first lets the operator's sends finish."""
