@@ -232,7 +232,7 @@ def serve(
 
     stop = threading.Event()
     wait_for_transfers = threading.Event()
-    prompt = _make_prompt([(server.operator.inbox, server.operator.outgoing)]) if interactive else None
+    prompt = _make_prompt([(server.operator.incoming, server.operator.outgoing)]) if interactive else None
 
     def on_signal(signum, frame) -> None:
         stop.set()
@@ -287,7 +287,7 @@ def _prompt_commands(prompt, handle: Callable[[Command], bool], console: Console
 def _make_prompt(participants):
     from .interactive import Prompt, progress_rows
 
-    return Prompt([progress_rows(inbox, outgoing) for inbox, outgoing in participants])
+    return Prompt([progress_rows(incoming, outgoing) for incoming, outgoing in participants])
 
 
 @app.command(cls=_Command)
@@ -324,7 +324,7 @@ def join(
 
     interrupted = False
     if interactive:
-        prompt = _make_prompt([(client.inbox, client.outgoing)])
+        prompt = _make_prompt([(client.incoming, client.outgoing)])
         threading.Thread(target=lambda: (client.ended.wait(), prompt.stop()), daemon=True).start()
         _prompt_commands(prompt, client.handle, console)  # exit, /quit, Ctrl-D, Ctrl-C
         interrupted = prompt.interrupted

@@ -192,6 +192,13 @@ class Console:
             except (BrokenPipeError, ValueError):
                 pass  # whoever reads our output has gone; keep running
 
+    def report(self, event: str, **fields: Any) -> None:
+        """An event from the code that does the work (member, files): `error` is the local user's."""
+        if event == "error":
+            self.error(fields["message"])
+        else:
+            self.event(event, **fields)
+
     def error(self, message: str) -> None:
         """A problem the local user should see; on stderr in human mode."""
         if self.json_mode:
@@ -207,20 +214,25 @@ class Console:
                 pass
 
 
-def show_message(console: Console, message: frames.Frame) -> bool:
-    """Report a room message (chat, arrivals, departures...); False if it is not one."""
+def room_events(message: frames.Frame) -> list[tuple[str, dict[str, Any]]] | None:
+    """The events a room message (chat, arrivals, departures...) makes; None if it is not one."""
     match message:
         case frames.Chat():
-            console.event("message", **{"from": message.sender}, text=message.text, to=message.to)
+            return [("message", {"from": message.sender, "text": message.text, "to": message.to})]
         case frames.Presence():
-            for departure in message.left:  # first: one who dropped and came back is in both
-                console.event("left", name=departure["name"], reason=departure.get("reason", ""))
-            for name in message.joined:
-                console.event("joined", name=name)
+            # Left first: one who dropped and came back is in both.
+            return ([("left", {"name": d["name"], "reason": d.get("reason", "")}) for d in message.left]
+                    + [("joined", {"name": name}) for name in message.joined])
         case frames.Who(names=names) if names is not None:
-            console.event("who", names=names)
+            return [("who", {"names": names})]
         case frames.Notice():
-            console.event("notice", text=message.text)
-        case _:
-            return False
-    return True
+            return [("notice", {"text": message.text})]
+    return None
+
+
+def show_message(console: Console, message: frames.Frame) -> bool:
+    """Report a room message (chat, arrivals, departures...); False if it is not one."""
+    events = room_events(message)
+    for event, fields in events or ():
+        console.event(event, **fields)
+    return events is not None
