@@ -214,24 +214,10 @@ class Console:
                 pass
 
 
-def room_events(message: frames.Frame) -> list[tuple[str, dict[str, Any]]] | None:
-    """The events a room message (chat, arrivals, departures...) makes; None if it is not one."""
-    match message:
-        case frames.Chat():
-            return [("message", {"from": message.sender, "text": message.text, "to": message.to})]
-        case frames.Presence():
-            # Left first: one who dropped and came back is in both.
-            return ([("left", {"name": d["name"], "reason": d.get("reason", "")}) for d in message.left]
-                    + [("joined", {"name": name}) for name in message.joined])
-        case frames.Who(names=names) if names is not None:
-            return [("who", {"names": names})]
-        case frames.Notice():
-            return [("notice", {"text": message.text})]
-    return None
-
-
 def show_message(console: Console, message: frames.Frame) -> bool:
     """Report a room message (chat, arrivals, departures...); False if it is not one."""
+    from .member import room_events  # member.py never imports the console: it only makes events
+
     events = room_events(message)
     for event, fields in events or ():
         console.event(event, **fields)

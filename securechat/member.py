@@ -41,24 +41,51 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
 from . import frames
 from .client_protocol import ClientProtocol
 from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from .connection import HELLO_TIMEOUT, Connection
-from .console import Console, show_message
 from .errors import ConnectionLost, TransferError
 from .incoming import IncomingFiles, Verdict, incoming_events, verdict_event
 from .outgoing import OutgoingFiles, Retry
 from .transfer import Downloads
 
 SOFTWARE = "securechat-client/0.1"
+Event = tuple[str, dict[str, Any]]
+
+
+class EventSink(Protocol):
+    """Where a member's events go: the console (console.py), which alone turns them into text."""
+
+    def event(self, event: str, **fields: Any) -> None: ...
+
+    def report(self, event: str, **fields: Any) -> None: ...
+
+    def error(self, message: str) -> None: ...
+
+
+def room_events(message: frames.Frame) -> list[Event] | None:
+    """The events a room message (chat, arrivals, departures...) makes; None if it is not one."""
+    match message:
+        case frames.Chat():
+            return [("message", {"from": message.sender, "text": message.text, "to": message.to})]
+        case frames.Presence():
+            # Left first: one who dropped and came back is in both.
+            return ([("left", {"name": d["name"], "reason": d.get("reason", "")}) for d in message.left]
+                    + [("joined", {"name": name}) for name in message.joined])
+        case frames.Who(names=names) if names is not None:
+            return [("who", {"names": names})]
+        case frames.Notice():
+            return [("notice", {"text": message.text})]
+    return None
 
 
 class Member:
     mark_private = True  # events about a file relayed to us alone say so (`to`)
 
-    def __init__(self, name: str, console: Console, downloads: Downloads, receive_files: bool = True) -> None:
+    def __init__(self, name: str, console: EventSink, downloads: Downloads, receive_files: bool = True) -> None:
         self.name = name  # from our own certificate: a server that calls us otherwise is lying
         self.console = console
         self.incoming = IncomingFiles(downloads)
@@ -142,7 +169,7 @@ class Member:
                     self._report(verdict)
                     self._private_offers.pop(checked.id, None)
             case _:
-                show_message(self.console, checked)
+                self._emit(room_events(checked) or [])
 
     def _welcomed(self, conn: Connection, welcome: frames.Welcome) -> None:
         others = sorted({*welcome.members, welcome.server} - {self.name})
@@ -167,7 +194,11 @@ class Member:
             self.present.update(presence.joined)
             self._presence.notify_all()
         self._resend(self.outgoing.due(presence.joined))
-        show_message(self.console, frames.Presence(joined=joined, left=left))
+        self._emit(room_events(frames.Presence(joined=joined, left=left)) or [])
+
+    def _emit(self, events: list[Event]) -> None:
+        for event, fields in events:
+            self.console.event(event, **fields)
 
     def _privacy(self, transfer_id: int) -> dict:
         """`to` for an event about a file the server relayed to us alone."""
@@ -185,8 +216,7 @@ class Member:
         private = self._privacy(offer.id)
 
         def ready(offset: int, note: str) -> None:  # on the file's writer thread
-            for event, fields in incoming_events(sender, offer.name, offer.size, offset, note, **private):
-                self.console.event(event, **fields)
+            self._emit(incoming_events(sender, offer.name, offer.size, offset, note, **private))
             with self._lock:
                 if protocol.awaits_accept(offer.id):  # not refused meanwhile (data before our accept)
                     conn.outbox.put_control(protocol.send(frames.Accept(id=offer.id, offset=offset)))
@@ -377,7 +407,7 @@ class OperatorHandle:
             conn.join(5.0)
 
 
-def attach_operator(sock: socket.socket, name: str, console: Console, downloads: Downloads) -> OperatorHandle:
+def attach_operator(sock: socket.socket, name: str, console: EventSink, downloads: Downloads) -> OperatorHandle:
     """The operator as a member of its own room: `sock` is our end of a socketpair the server serves."""
     member = _Operator(name, console, downloads)
     member._open(sock, "server", first_frame_timeout=None)
