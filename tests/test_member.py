@@ -28,8 +28,8 @@ def operator(tmp_path):
     handle = attach_operator(ours, "server", console, Downloads(tmp_path / "downloads"))
     end = ServerEnd(theirs)
     yield handle, end, console
+    end.close()  # first: the member's goodbye then meets our end's close at once, not its linger
     handle.close("test over")
-    end.close()
 
 
 def greet(end: ServerEnd, members=()) -> None:
