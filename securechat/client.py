@@ -162,6 +162,17 @@ class Client(Member):
         self.console.event("disconnected", reason=reason, reconnecting=True)
         threading.Thread(target=self._reconnect, args=(reason,), name="reconnect", daemon=True).start()
 
+    def wait_for(self, name: str, timeout: float) -> bool:
+        """Until `name` is in the room (True) or `timeout` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        with self._presence:
+            while name not in self.present:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.ended.is_set():
+                    return False
+                self._presence.wait(min(left, 0.5))
+            return True
+
     # ------------------------------------------------ leaving
 
     def leave(self, hint: str = "Ctrl-C to stop it; it resumes when you send it again") -> None:

@@ -1,24 +1,20 @@
 """One local member of a room: what `join` and the server's operator share.
 
-A member is a person (or a script) with one connection to the room at a time:
-what they type (commands), the files they send (send slots, OutgoingFiles)
-and receive (IncomingFiles), who else is here (presence), and files offered
-again when a recipient, or we, come back after a drop. `join` is a Member that
-connects over TLS and reconnects (client.py); the server's operator is a
-Member attached to its own room in-process over a plain socketpair, speaking
-the same wire protocol, so both run exactly this code.
+A person (or a script) with one connection at a time: commands, files sent
+(send slots, OutgoingFiles) and received (IncomingFiles), presence, and files
+offered again when a recipient, or we, come back. `join` connects over TLS and
+reconnects (client.py); the operator is attached to its own room in-process
+over a plain socketpair with the same wire protocol: both run this code.
 
 Every frame in either direction passes through one ClientProtocol per
 connection (client_protocol.py), which decides every protocol error; this
 module only acts on what it lets through. Nothing here words an event: the
 console does (Console.event / Console.report).
 
-Threads: the connection's I/O thread delivers frames (`_on_frame`) and the
-close (`_on_close`); each file sent has its own thread (blocking on the send
-queue paces it); each file received is written by its own writer thread
-(transfer.IncomingFile), which calls back once its kept part is checked.
-`_lock` guards the current connection, its protocol (which is not
-thread-safe) and, in client.py, the backlog.
+Threads: the connection's I/O thread delivers frames and the close; each file
+sent has its own thread (the send queue blocking it paces it); each file
+received has a writer thread (transfer.IncomingFile). `_lock` guards the
+current connection, its protocol (not thread-safe) and client.py's backlog.
 
 The operator's contract (what a server calls; keep it exactly):
 
@@ -28,10 +24,9 @@ The operator's contract (what a server calls; keep it exactly):
     handle.wait_idle(timeout: float | None) -> None   # every file asked for is settled (for `exit`)
     handle.close(reason: str) -> None   # shutdown: unfinished incoming files reported failed, conn closed
 
-The operator's end sends `hello` (its name, a session id, receive_files true)
-at once and expects the server's hello and welcome; lines typed before the
-welcome arrives simply follow the hello on the socket. The handle also has
-`name`, `incoming` and `outgoing` (for progress bars).
+The operator sends `hello` (its name, a session id, receive_files true) at
+once; lines typed before the welcome follow it on the socket. The handle also
+has `name`, `incoming`, `outgoing` (progress bars) and `welcomed` (an Event).
 """
 
 from __future__ import annotations
@@ -39,7 +34,6 @@ from __future__ import annotations
 import secrets
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,9 +54,7 @@ class EventSink(Protocol):
     """Where a member's events go: the console (console.py), which alone turns them into text."""
 
     def event(self, event: str, **fields: Any) -> None: ...
-
     def report(self, event: str, **fields: Any) -> None: ...
-
     def error(self, message: str) -> None: ...
 
 
@@ -124,11 +116,7 @@ class Member:
     def _send(self, conn: Connection, protocol: ClientProtocol, message: frames.Message, stream: bool = False) -> None:
         """Through the protocol, onto `conn`: `stream` keeps it in order with file data (offer, end, abort)."""
         with self._lock:
-            encoded = protocol.send(message)
-            if stream:
-                conn.outbox.put_data_nowait(encoded)
-            else:
-                conn.outbox.put_control(encoded)
+            (conn.outbox.put_data_nowait if stream else conn.outbox.put_control)(protocol.send(message))
 
     def _put(self, message: frames.Message) -> bool:
         """Queue on the current connection; False while there is none (or it just failed). Hold _lock."""
@@ -276,9 +264,7 @@ class Member:
                 threading.Thread(target=self.send_file, args=(path, to, None, ticket), name="send-file",
                                  daemon=True).start()
             case Who():
-                with self._lock:
-                    sent = self._put(frames.Who())
-                if not sent:
+                if not self._say(frames.Who()):
                     self.console.error("not connected: /who needs the server")
             case Help():
                 self.console.event("help", text=HELP)
@@ -286,12 +272,16 @@ class Member:
                 return False
         return True
 
-    def _say(self, message: frames.Chat) -> None:
+    def _say(self, message: frames.Chat | frames.Who) -> bool:
+        """Send a line (or a /who) now; a line that cannot go is kept or refused, visibly."""
         with self._lock:
             if self._put(message):
-                return
+                return True
+            if not isinstance(message, frames.Chat):
+                return False
             event, fields = self._keep_unsent(message)
         self.console.report(event, **fields)
+        return False
 
     def _keep_unsent(self, message: frames.Chat) -> tuple[str, dict]:
         """A line typed with no connection (hold _lock): what to tell the person (client.py keeps it)."""
@@ -356,18 +346,6 @@ class Member:
             if not protocol.may_send_data(transfer_id):
                 return  # never accepted: nothing is open at the server
             conn.outbox.put_data_nowait(protocol.send(frames.Abort(id=transfer_id, reason=reason)))
-
-    def wait_for(self, name: str, timeout: float) -> bool:
-        """Until `name` is in the room (True) or `timeout` seconds passed (False)."""
-        deadline = time.monotonic() + timeout
-        with self._presence:
-            while name not in self.present:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.ended.is_set():
-                    return False
-                self._presence.wait(min(left, 0.5))
-            return True
-
 
 class _Operator(Member):
     """The person at the server's terminal, attached to its own room over a socketpair."""
