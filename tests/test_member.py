@@ -157,3 +157,22 @@ def test_an_eof_is_known_by_its_type_or_library_reason():
     lookalike = ssl.SSLError(1, "decryption failed near EOF")
     lookalike.reason = "DECRYPTION_FAILED_OR_BAD_RECORD_MAC"
     assert not _is_eof(lookalike)  # the old text search took this for a clean end
+
+
+def test_the_threaded_server_serves_its_operator_over_a_plain_socketpair(pki, tmp_path):
+    """No certificate on the operator's connection: its identity is given, and the room has it
+    before the listener opens (so every client's welcome names the operator)."""
+    from securechat.server import Server
+
+    console = RecordingConsole()
+    server = Server(pki, "127.0.0.1", 0, Downloads(tmp_path / "downloads"), console)
+    try:
+        server.bind()
+        server.start()
+        assert server.operator.welcomed.is_set()
+        assert server.room.names() == ["server"]
+        server.operator.handle(Who())
+        assert console.wait_for("who")["names"] == ["server"]
+    finally:
+        server.shutdown()
+    assert console.named("error") == [] and console.named("connected") == []
