@@ -27,7 +27,7 @@ from .checksums import verify_paths
 from .client import Client
 from .commands import Command, PrivateMessage, Quit, Say, parse, read_commands, stdin_lines
 from .config import default_map
-from .console import Console, visible
+from .console import Console, describe_undelivered, visible
 from .errors import SecureChatError, UsageError
 from .oneshot import ProgressLine, split_address, wait_for_recipient
 from .outgoing import RESUME_WAIT
@@ -345,7 +345,7 @@ def join(
         _leave(client, "Ctrl-C again" if interrupted else "Ctrl-C")
         failures = client.outgoing.failures()
         if failures and not interactive:
-            _fail("not delivered: " + "; ".join(failures), json_output=json_output)
+            _fail(describe_undelivered(failures), json_output=json_output)
         return
     if client.failure is not None:
         raise client.failure  # e.g. revoked: its own line, not "connection lost"
@@ -442,7 +442,7 @@ def send(
     failures = client.outgoing.failures()
     client.leave()
     if failures:
-        _fail("not delivered: " + "; ".join(failures), json_output=json_output)
+        _fail(describe_undelivered(failures), json_output=json_output)
 
 
 @app.command(cls=_Command)

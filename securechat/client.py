@@ -27,7 +27,7 @@ from collections import deque
 from . import frames
 from .certfiles import common_name
 from .connection import HELLO_TIMEOUT, Connection, connect
-from .console import Console
+from .console import Console, describe_waiting
 from .errors import REVOKED_MESSAGE, ConnectionFailed, ConnectionLost, FailureKind, RemoteProtocolError
 from .member import Member
 from .tls import ClientFiles, client_context, peer_identity
@@ -184,7 +184,7 @@ class Client(Member):
             while True:
                 waiting = self.outgoing.waiting_for()
                 if waiting:
-                    self.console.event("waiting", text=f"waiting for {'; '.join(waiting)}; {hint}")
+                    self.console.event("waiting", text=describe_waiting(waiting, hint))
                 if self.outgoing.wait_idle(timeout=15.0) or not self.online.is_set():
                     break
         self.outgoing.fail_all("you left before it could resume; it resumes when you send it again")

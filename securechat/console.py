@@ -214,6 +214,19 @@ class Console:
                 pass
 
 
+def describe_waiting(awaited, hint: str) -> str:
+    """What `exit` waits for, in words: `waiting for big.bin to reach bob (45 %); <hint>`."""
+    parts = [f"{a.name} (being read)" if a.percent is None
+             else f"{a.name} to reach {', '.join(a.recipients) or 'the room'} ({a.percent} %)" for a in awaited]
+    return f"waiting for {'; '.join(parts)}; {hint}"
+
+
+def describe_undelivered(failures) -> str:
+    """`not delivered: a.bin to bob: reason; b.bin: not sent`, from OutgoingFiles.failures()."""
+    parts = [f"{f.name} to {f.to or 'anyone'}: {f.reason}" if f.offered else f"{f.name}: {f.reason}" for f in failures]
+    return "not delivered: " + "; ".join(parts)
+
+
 def show_message(console: Console, message: frames.Frame) -> bool:
     """Report a room message (chat, arrivals, departures...); False if it is not one."""
     from .member import room_events  # member.py never imports the console: it only makes events

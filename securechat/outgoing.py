@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from . import frames
 from .errors import TransferError, UsageError
@@ -59,6 +59,23 @@ class Retry:
     to: str | None
     sha256: str | None
     until: float
+
+
+class Undelivered(NamedTuple):
+    """A file asked for that did not reach `to` (None: anyone) verified; `offered`: it was offered."""
+
+    name: str
+    reason: str
+    to: str | None = None
+    offered: bool = True
+
+
+class Awaited(NamedTuple):
+    """A file `exit` waits for: to reach `recipients` ([]: the room), `percent` read; None: being read."""
+
+    name: str
+    recipients: list[str] = []
+    percent: int | None = None
 
 
 MAX_PARALLEL_SENDS = 4  # more files wait for a slot, so a server's per-member cap is never hit
@@ -252,25 +269,23 @@ class OutgoingFiles:
         for retry in retries:
             self._emit("file_failed", to=retry.to, name=retry.name, reason=reason)
 
-    def failures(self) -> list[str]:
+    def failures(self) -> list[Undelivered]:
         """Every file asked for that did not reach a recipient verified, with the reason."""
         with self._cond:
-            failed = [f"{s.name} to {who or 'anyone'}: {reason}" for s in self.finished for who, reason in s.failed]
+            failed = [Undelivered(s.name, reason, who) for s in self.finished for who, reason in s.failed]
             # Still asked-for once we stopped waiting: never offered, so certainly not delivered.
             unsent = self.unsent + [(path.name, "not sent") for path in self._asked.values()]
-            return failed + [f"{name}: {reason}" for name, reason in unsent]
+            return failed + [Undelivered(name, reason, offered=False) for name, reason in unsent]
 
-    def waiting_for(self) -> list[str]:
-        """What `exit` waits for, in words: `big.bin to bob (45 %)`, one per file."""
+    def waiting_for(self) -> list[Awaited]:
+        """What `exit` waits for, one per file (console.describe_waiting words it)."""
         with self._cond:
             out = []
             for s in self._transfers.values():
                 sent = getattr(s.source, "sent", 0)
-                percent = 100 * sent // s.size if s.size else 100
-                who = ", ".join(sorted(s.pending)) if s.pending else (s.to or "the room")
-                out.append(f"{s.name} to reach {who} ({percent} %)")
-            out += [f"{path.name} (being read)" for path in self._asked.values()]
-            return out
+                who = sorted(s.pending) if s.pending else [s.to] if s.to else []
+                out.append(Awaited(s.name, who, 100 * sent // s.size if s.size else 100))
+            return out + [Awaited(path.name) for path in self._asked.values()]
 
     def interrupt_all(self, reason: str) -> None:
         """Our connection dropped: every transfer still open waits to be offered again."""

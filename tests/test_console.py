@@ -123,3 +123,16 @@ def test_progress_speed_after_a_resume_counts_only_new_bytes(monkeypatch):
     assert view._speed("in1", 600 * mb) == 0.0  # resumed at 600 MB: no bytes moved yet
     clock[0] += 1.0
     assert view._speed("in1", 610 * mb) == pytest.approx(10 * mb)
+
+
+def test_what_exit_waits_for_and_what_was_not_delivered_are_worded_here():
+    from securechat.console import describe_undelivered, describe_waiting
+    from securechat.outgoing import Awaited, Undelivered
+
+    assert describe_waiting([Awaited("big.bin", ["bob", "carol"], 45), Awaited("all.txt", [], 100),
+                             Awaited("new.png")], "Ctrl-C to stop it") == (
+        "waiting for big.bin to reach bob, carol (45 %); all.txt to reach the room (100 %); new.png (being read); "
+        "Ctrl-C to stop it")
+    assert describe_undelivered([Undelivered("a.bin", "refused", "bob"), Undelivered("b.bin", "gone"),
+                                 Undelivered("c.bin", "not sent", offered=False)]) == (
+        "not delivered: a.bin to bob: refused; b.bin to anyone: gone; c.bin: not sent")
