@@ -131,7 +131,7 @@ class Client(Member):
 
     def _keep_unsent(self, message: frames.Chat) -> tuple[str, dict]:
         if len(self._backlog) >= MAX_BACKLOG:
-            return "error", {"message": f"not connected and {MAX_BACKLOG} lines are waiting already: this line was NOT sent"}
+            return "backlog_full", {"limit": MAX_BACKLOG}
         self._backlog.append(message)
         return "queued", {"waiting": len(self._backlog)}
 

@@ -135,6 +135,17 @@ def _render(event: str, f: dict[str, Any], chat_hints: bool = True) -> str | Non
             return f"* {event}: " + ", ".join(f"{k}={x}" for k, x in v.items())
 
 
+# Events the working code reports by name and fields; shown (text and --json) as these.
+_WORDED = {
+    "file_changed": ("notice", "{name} changed since it was interrupted; sending it afresh"),
+    "send_waits": ("notice", "not connected: {name} will be sent when the connection is back"),
+    "send_to_self": ("error", "{to} is you: /send @NAME sends to someone else in the room"),
+    "who_offline": ("error", "not connected: /who needs the server"),
+    "line_not_sent": ("error", "not connected: this line was NOT sent"),
+    "backlog_full": ("error", "not connected and {limit} lines are waiting already: this line was NOT sent"),
+}
+
+
 class Console:
     """Prints events; safe to call from any thread."""
 
@@ -193,7 +204,11 @@ class Console:
                 pass  # whoever reads our output has gone; keep running
 
     def report(self, event: str, **fields: Any) -> None:
-        """An event from the code that does the work (member, files): `error` is the local user's."""
+        """An event from the code that does the work (member, files): `error` is the local user's,
+        and the events in _WORDED become the notice or error they are shown as."""
+        if event in _WORDED:
+            event, words = _WORDED[event]
+            fields = {"message" if event == "error" else "text": words.format(**fields)}
         if event == "error":
             self.error(fields["message"])
         else:

@@ -55,7 +55,6 @@ class EventSink(Protocol):
 
     def event(self, event: str, **fields: Any) -> None: ...
     def report(self, event: str, **fields: Any) -> None: ...
-    def error(self, message: str) -> None: ...
 
 
 def room_events(message: frames.Frame) -> list[Event] | None:
@@ -256,7 +255,7 @@ class Member:
                 self._say(frames.Chat(text=text, to=to))
             case SendFile(path=path, to=to):
                 if to is not None and to == self.name:
-                    self.console.error(f"{to} is you: /send @NAME sends to someone else in the room")
+                    self.console.report("send_to_self", to=to)
                     return True
                 # Asked for from now on: end of input or `exit` waits for it, although it is
                 # hashed (and offered) only later, on its own thread.
@@ -265,7 +264,7 @@ class Member:
                                  daemon=True).start()
             case Who():
                 if not self._say(frames.Who()):
-                    self.console.error("not connected: /who needs the server")
+                    self.console.report("who_offline")
             case Help():
                 self.console.event("help", text=HELP)
             case Quit():
@@ -285,7 +284,7 @@ class Member:
 
     def _keep_unsent(self, message: frames.Chat) -> tuple[str, dict]:
         """A line typed with no connection (hold _lock): what to tell the person (client.py keeps it)."""
-        return "error", {"message": "not connected: this line was NOT sent"}
+        return "line_not_sent", {}
 
     def _resend(self, retries: list[Retry]) -> None:
         for retry in retries:
@@ -299,7 +298,7 @@ class Member:
         try:
             with self.outgoing.slots:
                 if not self.online.is_set():
-                    self.console.event("notice", text=f"not connected: {path.name} will be sent when the connection is back")
+                    self.console.report("send_waits", name=path.name)
                     while not self.online.wait(0.5):
                         if self.ended.is_set():
                             self.console.event("file_failed", to=to, name=path.name, reason="not connected")

@@ -130,7 +130,7 @@ class OutgoingFiles:
                 self.unclaim()
             return None
         if previous is not None and previous.sha256 not in (None, sha256):
-            self._emit("notice", text=f"{path.name} changed since it was interrupted; sending it afresh")
+            self._emit("file_changed", name=path.name)
         with self._cond:
             transfer_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
             self._transfers[transfer_id] = Sending(transfer_id, source.name, source.size, path, to, sha256,

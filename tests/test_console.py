@@ -136,3 +136,18 @@ def test_what_exit_waits_for_and_what_was_not_delivered_are_worded_here():
     assert describe_undelivered([Undelivered("a.bin", "refused", "bob"), Undelivered("b.bin", "gone"),
                                  Undelivered("c.bin", "not sent", offered=False)]) == (
         "not delivered: a.bin to bob: refused; b.bin to anyone: gone; c.bin: not sent")
+
+
+def test_events_reported_by_name_are_worded_by_the_console():
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out=out, err=err)
+    console.report("send_waits", name="a.bin")
+    console.report("send_to_self", to="alice")
+    console.report("file_sending", name="a.bin", size=3, to=["bob"])
+    assert out.getvalue().splitlines() == ["* not connected: a.bin will be sent when the connection is back",
+                                           "→ sending a.bin (3 B) to bob"]
+    assert err.getvalue() == "error: alice is you: /send @NAME sends to someone else in the room\n"
+    json_out = io.StringIO()
+    Console(json_mode=True, out=json_out).report("who_offline")
+    event = json.loads(json_out.getvalue())
+    assert (event["event"], event["message"]) == ("error", "not connected: /who needs the server")
