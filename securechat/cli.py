@@ -27,7 +27,7 @@ from .checksums import verify_paths
 from .client import Client
 from .commands import Command, PrivateMessage, Quit, Say, parse, read_commands, stdin_lines
 from .config import default_map
-from .console import Console, visible
+from .console import Console, describe_undelivered, visible
 from .errors import SecureChatError, UsageError
 from .oneshot import ProgressLine, split_address, wait_for_recipient
 from .outgoing import RESUME_WAIT
@@ -232,7 +232,7 @@ def serve(
 
     stop = threading.Event()
     wait_for_transfers = threading.Event()
-    prompt = _make_prompt([(server.operator.inbox, server.operator.outgoing)]) if interactive else None
+    prompt = _make_prompt([(server.operator.incoming, server.operator.outgoing)]) if interactive else None
 
     def on_signal(signum, frame) -> None:
         stop.set()
@@ -287,7 +287,7 @@ def _prompt_commands(prompt, handle: Callable[[Command], bool], console: Console
 def _make_prompt(participants):
     from .interactive import Prompt, progress_rows
 
-    return Prompt([progress_rows(inbox, outgoing) for inbox, outgoing in participants])
+    return Prompt([progress_rows(incoming, outgoing) for incoming, outgoing in participants])
 
 
 @app.command(cls=_Command)
@@ -324,7 +324,7 @@ def join(
 
     interrupted = False
     if interactive:
-        prompt = _make_prompt([(client.inbox, client.outgoing)])
+        prompt = _make_prompt([(client.incoming, client.outgoing)])
         threading.Thread(target=lambda: (client.ended.wait(), prompt.stop()), daemon=True).start()
         _prompt_commands(prompt, client.handle, console)  # exit, /quit, Ctrl-D, Ctrl-C
         interrupted = prompt.interrupted
@@ -345,7 +345,7 @@ def join(
         _leave(client, "Ctrl-C again" if interrupted else "Ctrl-C")
         failures = client.outgoing.failures()
         if failures and not interactive:
-            _fail("not delivered: " + "; ".join(failures), json_output=json_output)
+            _fail(describe_undelivered(failures), json_output=json_output)
         return
     if client.failure is not None:
         raise client.failure  # e.g. revoked: its own line, not "connection lost"
@@ -442,7 +442,7 @@ def send(
     failures = client.outgoing.failures()
     client.leave()
     if failures:
-        _fail("not delivered: " + "; ".join(failures), json_output=json_output)
+        _fail(describe_undelivered(failures), json_output=json_output)
 
 
 @app.command(cls=_Command)

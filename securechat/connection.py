@@ -6,7 +6,7 @@ did it got corrupted TLS state. So each Connection has exactly one I/O
 thread, and that thread alone calls recv/send on the socket. The socket is
 non-blocking; the thread polls it together with a wake-up socketpair. Every
 other thread (stdin reader, file readers, other connections relaying to
-this one) only puts frames into this connection's Outbox and wakes it.
+this one) only puts frames into this connection's SendQueue and wakes it.
 tests/test_stress.py streams both ways while chatting to prove it.
 
 Frames that arrive are decoded here and handed to `on_frame`, on the I/O
@@ -30,7 +30,7 @@ from typing import Callable
 from . import frames
 from .errors import ConnectionFailed, ConnectionLost, FailureKind, PeerTooSlow, RemoteProtocolError, SecureChatError
 from .identity import server_certificate_problem
-from .outbox import STALL_TIMEOUT, Outbox
+from .outbox import STALL_TIMEOUT, SendQueue
 from .tls import HANDSHAKE_TIMEOUT, describe_tls_failure, tls_failure_kind
 
 READ_BUFFER = 256 * 1024
@@ -125,6 +125,12 @@ _UNTRUSTED_ISSUER = (18, 19, 20, 21)  # self-signed in chain, unable to get loca
 SOCKET_BUFFER = 1024 * 1024
 
 
+def _is_eof(exc: ssl.SSLError) -> bool:
+    """The peer closed without TLS's close_notify: an end of input like any other (checked by kind,
+    never by message text; OpenSSL 3 reports it as UNEXPECTED_EOF_WHILE_READING)."""
+    return isinstance(exc, ssl.SSLEOFError) or exc.reason == "UNEXPECTED_EOF_WHILE_READING"
+
+
 def tune_socket(sock: socket.socket) -> None:
     """Keepalive finds a peer that vanished without a FIN; NODELAY keeps chat prompt.
 
@@ -143,7 +149,8 @@ def tune_socket(sock: socket.socket) -> None:
 
 
 class Connection:
-    """One TLS connection and the single thread that reads and writes it.
+    """One connection (TLS, or a plain socketpair inside our own process) and the single
+    thread that reads and writes it.
 
     `on_frame(conn, frame)` runs on the I/O thread for every frame; raising
     RemoteProtocolError from it closes the connection with that reason.
@@ -152,13 +159,16 @@ class Connection:
 
     def __init__(
         self,
-        sock: ssl.SSLSocket,
+        sock: socket.socket,
         peer: str,
         on_frame: Callable[["Connection", frames.Frame], None],
         on_close: Callable[["Connection", str, bool], None],
         first_frame_timeout: float | None = HELLO_TIMEOUT,
     ) -> None:
+        sock.setblocking(False)  # a TLS socket is already (tls_handshake); a socketpair is not
         self.sock = sock
+        # A plain socket (the operator's socketpair, in-process) has no TLS layer holding bytes.
+        self._pending = getattr(sock, "pending", None)
         self.peer = peer
         self._on_frame = on_frame
         self._on_close = on_close
@@ -167,12 +177,12 @@ class Connection:
         self._wake_w.setblocking(False)
         self._wake_lock = threading.Lock()
         self._wake_pending = False
-        self.outbox = Outbox(self._wake)
+        self.outbox = SendQueue(self._wake)
         self._decoder = frames.FrameDecoder()
         self._read_buffer = bytearray(READ_BUFFER)
         self._write_view: memoryview | None = None
         self._first_frame_deadline = None if first_frame_timeout is None else time.monotonic() + first_frame_timeout
-        self._waiting_on: list[Outbox] = []
+        self._waiting_on: list[SendQueue] = []
         self._resume_reading_at = 0.0  # monotonic time before which nothing is read (rate limits)
         self.internal_error: BaseException | None = None  # a bug met on this connection, for the log only
         self._close_request: tuple[str, bool] | None = None
@@ -216,7 +226,7 @@ class Connection:
 
     # ---------------------------------------------------- the I/O thread only
 
-    def wait_for(self, outbox: Outbox) -> None:
+    def wait_for(self, outbox: SendQueue) -> None:
         """Stop reading until `outbox` (another connection's) has room again."""
         self._waiting_on.append(outbox)
         outbox.notify_when_drained(self._wake)
@@ -282,7 +292,7 @@ class Connection:
             if events != registered:  # a syscall saved on most turns of a busy room
                 poller.modify(sock_fd, events)
                 registered = events
-            if not paused and self.sock.pending():
+            if not paused and self._pending is not None and self._pending():
                 ready = [(sock_fd, _POLL_IN)]  # decrypted bytes already wait inside OpenSSL
             else:
                 timeout = self._poll_timeout()
@@ -352,7 +362,7 @@ class Connection:
             except ssl.SSLZeroReturnError:
                 n = 0
             except ssl.SSLError as exc:
-                if "EOF" in str(exc) or isinstance(exc, ssl.SSLEOFError):
+                if _is_eof(exc):
                     n = 0
                 else:
                     raise ConnectionLost(f"connection broken: {describe_tls_failure(exc)}", tls_failure_kind(exc)) from exc

@@ -135,6 +135,17 @@ def _render(event: str, f: dict[str, Any], chat_hints: bool = True) -> str | Non
             return f"* {event}: " + ", ".join(f"{k}={x}" for k, x in v.items())
 
 
+# Events the working code reports by name and fields; shown (text and --json) as these.
+_WORDED = {
+    "file_changed": ("notice", "{name} changed since it was interrupted; sending it afresh"),
+    "send_waits": ("notice", "not connected: {name} will be sent when the connection is back"),
+    "send_to_self": ("error", "{to} is you: /send @NAME sends to someone else in the room"),
+    "who_offline": ("error", "not connected: /who needs the server"),
+    "line_not_sent": ("error", "not connected: this line was NOT sent"),
+    "backlog_full": ("error", "not connected and {limit} lines are waiting already: this line was NOT sent"),
+}
+
+
 class Console:
     """Prints events; safe to call from any thread."""
 
@@ -192,6 +203,17 @@ class Console:
             except (BrokenPipeError, ValueError):
                 pass  # whoever reads our output has gone; keep running
 
+    def report(self, event: str, **fields: Any) -> None:
+        """An event from the code that does the work (member, files): `error` is the local user's,
+        and the events in _WORDED become the notice or error they are shown as."""
+        if event in _WORDED:
+            event, words = _WORDED[event]
+            fields = {"message" if event == "error" else "text": words.format(**fields)}
+        if event == "error":
+            self.error(fields["message"])
+        else:
+            self.event(event, **fields)
+
     def error(self, message: str) -> None:
         """A problem the local user should see; on stderr in human mode."""
         if self.json_mode:
@@ -207,20 +229,24 @@ class Console:
                 pass
 
 
+def describe_waiting(awaited, hint: str) -> str:
+    """What `exit` waits for, in words: `waiting for big.bin to reach bob (45 %); <hint>`."""
+    parts = [f"{a.name} (being read)" if a.percent is None
+             else f"{a.name} to reach {', '.join(a.recipients) or 'the room'} ({a.percent} %)" for a in awaited]
+    return f"waiting for {'; '.join(parts)}; {hint}"
+
+
+def describe_undelivered(failures) -> str:
+    """`not delivered: a.bin to bob: reason; b.bin: not sent`, from OutgoingFiles.failures()."""
+    parts = [f"{f.name} to {f.to or 'anyone'}: {f.reason}" if f.offered else f"{f.name}: {f.reason}" for f in failures]
+    return "not delivered: " + "; ".join(parts)
+
+
 def show_message(console: Console, message: frames.Frame) -> bool:
     """Report a room message (chat, arrivals, departures...); False if it is not one."""
-    match message:
-        case frames.Chat():
-            console.event("message", **{"from": message.sender}, text=message.text, to=message.to)
-        case frames.Presence():
-            for departure in message.left:  # first: one who dropped and came back is in both
-                console.event("left", name=departure["name"], reason=departure.get("reason", ""))
-            for name in message.joined:
-                console.event("joined", name=name)
-        case frames.Who(names=names) if names is not None:
-            console.event("who", names=names)
-        case frames.Notice():
-            console.event("notice", text=message.text)
-        case _:
-            return False
-    return True
+    from .member import room_events  # member.py never imports the console: it only makes events
+
+    events = room_events(message)
+    for event, fields in events or ():
+        console.event(event, **fields)
+    return events is not None

@@ -211,14 +211,14 @@ def _shell_keys() -> KeyBindings:
     return keys
 
 
-def progress_rows(inbox, outgoing) -> Callable[[], list[Row]]:
-    """A progress source over one participant's incoming and outgoing transfers."""
+def progress_rows(incoming, outgoing) -> Callable[[], list[Row]]:
+    """A progress source over one member's IncomingFiles and OutgoingFiles."""
 
     def rows() -> list[Row]:
-        incoming = [(f"in{tid}", (name, "from", [sender]), done, size, "↓")
-                    for tid, name, sender, done, size in inbox.progress()]
+        incoming_rows = [(f"in{tid}", (name, "from", [sender]), done, size, "↓")
+                         for tid, name, sender, done, size in incoming.progress()]
         outgoing_rows = [(f"out{tid}", (name, "to", to), done, size, "↑")
                          for tid, name, to, done, size in outgoing.progress()]
-        return incoming + outgoing_rows
+        return incoming_rows + outgoing_rows
 
     return rows

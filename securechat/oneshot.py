@@ -19,7 +19,7 @@ from .transfer import human_size
 
 if TYPE_CHECKING:
     from .client import Client
-    from .outgoing import Outgoing
+    from .outgoing import OutgoingFiles
 
 
 def split_address(host: str, port: int, port_from_flag: bool = False) -> tuple[str, int]:
@@ -77,7 +77,7 @@ class ProgressLine:
 
     INTERVAL = 0.5  # seconds between redraws: often enough to look alive, rarely enough to cost nothing
 
-    def __init__(self, console: Console, outgoing: Outgoing) -> None:
+    def __init__(self, console: Console, outgoing: OutgoingFiles) -> None:
         self._console = console
         self._outgoing = outgoing
         self._stopped = threading.Event()

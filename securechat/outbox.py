@@ -1,4 +1,4 @@
-"""The bounded queue of frames waiting to be written to one connection.
+"""SendQueue: the bounded queue of frames waiting to be written to one connection.
 
 Two lanes. The control lane (chat, results, notices) is always written
 first, so a line typed during a 4 GiB transfer overtakes the file data. The
@@ -35,7 +35,7 @@ STALL_TIMEOUT = 10.0  # seconds with a full queue and not one frame written
 Buffer = bytes | bytearray
 
 
-class Outbox:
+class SendQueue:
     def __init__(self, wake_writer: Callable[[], None]) -> None:
         self._wake_writer = wake_writer
         self._cond = threading.Condition()
@@ -171,3 +171,7 @@ class Outbox:
     def empty(self) -> bool:
         with self._cond:
             return not self._control and not self._data
+
+
+# The name before issue 12; the server's loop still imports it (remove with that import).
+Outbox = SendQueue

@@ -12,6 +12,10 @@ A transfer cut short by a dropped connection, ours or a recipient's, becomes
 a Retry: offered again, to that recipient only, when it is back (our own
 reconnect, or a `joined` from the room) within RESUME_WAIT. The recipient's
 kept part makes that a resume rather than a fresh start.
+
+Whether the server's answers are allowed at all is decided before they get
+here (client_protocol.py); nothing here prints: it emits events, which the
+console turns into text or --json.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from . import frames
-from .console import Console
-from .errors import RemoteProtocolError, TransferError, UsageError
+from .errors import TransferError, UsageError
 from .transfer import FileSource
 
 RESUME_WAIT = 600.0  # seconds an interrupted transfer waits for its recipient to come back
@@ -57,12 +61,32 @@ class Retry:
     until: float
 
 
+class Undelivered(NamedTuple):
+    """A file asked for that did not reach `to` (None: anyone) verified; `offered`: it was offered."""
+
+    name: str
+    reason: str
+    to: str | None = None
+    offered: bool = True
+
+
+class Awaited(NamedTuple):
+    """A file `exit` waits for: to reach `recipients` ([]: the room), `percent` read; None: being read."""
+
+    name: str
+    recipients: list[str] = []
+    percent: int | None = None
+
+
 MAX_PARALLEL_SENDS = 4  # more files wait for a slot, so a server's per-member cap is never hit
 
 
-class Outgoing:
-    def __init__(self, console: Console) -> None:
-        self._console = console
+Emit = Callable[..., None]  # emit(event, **fields): what happened; the console words it (Console.report)
+
+
+class OutgoingFiles:
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
         self.slots = threading.BoundedSemaphore(MAX_PARALLEL_SENDS)  # held by each send_file
         self._cond = threading.Condition()
         self._transfers: dict[int, Sending] = {}
@@ -100,13 +124,13 @@ class Outgoing:
             source = FileSource(path)
             sha256 = source.sha256
         except (UsageError, TransferError) as exc:
-            self._console.error(str(exc))
+            self._emit("error", message=str(exc))
             self.drop_ask(ticket, str(exc))
             if previous is not None:
                 self.unclaim()
             return None
         if previous is not None and previous.sha256 not in (None, sha256):
-            self._console.event("notice", text=f"{path.name} changed since it was interrupted; sending it afresh")
+            self._emit("file_changed", name=path.name)
         with self._cond:
             transfer_id = next(self._ids) % (frames.MAX_TRANSFER_ID + 1)
             self._transfers[transfer_id] = Sending(transfer_id, source.name, source.size, path, to, sha256,
@@ -155,12 +179,12 @@ class Outgoing:
             if sending is None or sending.pending is not None:
                 return
             sending.pending = set(message.names)
-            self._console.event("file_sending", name=sending.name, size=sending.size, to=message.names)
+            self._emit("file_sending", name=sending.name, size=sending.size, to=message.names)
             if not message.names:
                 why = message.reason or "nobody else is here to receive it"  # the server says why, if it does
                 sending.cancelled = True
                 sending.failed.append((None, why))
-                self._console.event("file_failed", to=None, name=sending.name, reason=why)
+                self._emit("file_failed", to=None, name=sending.name, reason=why)
             self._finish_if_done(sending)
 
     def started(self, transfer_id: int, offset: int) -> None:
@@ -169,11 +193,9 @@ class Outgoing:
             sending = self._transfers.get(transfer_id)
             if sending is None or sending.offset is not None:
                 return
-            if offset > sending.size:
-                raise RemoteProtocolError(f"accept for {sending.name} is past its end ({offset} > {sending.size})")
             sending.offset = offset
             if offset:
-                self._console.event("file_resuming", name=sending.name, offset=offset, size=sending.size)
+                self._emit("file_resuming", name=sending.name, offset=offset, size=sending.size)
             self._cond.notify_all()
 
     def wait_accept(self, transfer_id: int) -> int | None:
@@ -194,19 +216,19 @@ class Outgoing:
                 sending.pending.discard(who)
             if message.ok:
                 sending.delivered.append(who)
-                self._console.event("file_delivered", to=who, name=sending.name, size=sending.size,
+                self._emit("file_delivered", to=who, name=sending.name, size=sending.size,
                                     sha256=message.sha256)
             elif message.interrupted and sending.path is not None:
                 self._retry(sending, who, message.reason)
             else:
                 sending.failed.append((who, message.reason))
-                self._console.event("file_failed", to=who, name=sending.name, reason=message.reason)
+                self._emit("file_failed", to=who, name=sending.name, reason=message.reason)
             self._finish_if_done(sending)
 
     def _retry(self, sending: Sending, to: str | None, reason: str) -> None:
         assert sending.path is not None
         self._retries.append(Retry(sending.path, sending.name, to, sending.sha256, time.monotonic() + RESUME_WAIT))
-        self._console.event("file_interrupted", name=sending.name, to=to, reason=reason)
+        self._emit("file_interrupted", name=sending.name, to=to, reason=reason)
         self._cond.notify_all()
 
     def stop(self, transfer_id: int) -> None:
@@ -231,7 +253,7 @@ class Outgoing:
             waiting = sorted(sending.pending) if sending.pending else [None]
             for who in waiting:
                 sending.failed.append((who, reason))
-                self._console.event("file_failed", to=who, name=sending.name, reason=reason)
+                self._emit("file_failed", to=who, name=sending.name, reason=reason)
             sending.pending = set()
             self._finish_if_done(sending)
 
@@ -245,27 +267,25 @@ class Outgoing:
         for transfer_id in ids:
             self.fail(transfer_id, reason)
         for retry in retries:
-            self._console.event("file_failed", to=retry.to, name=retry.name, reason=reason)
+            self._emit("file_failed", to=retry.to, name=retry.name, reason=reason)
 
-    def failures(self) -> list[str]:
+    def failures(self) -> list[Undelivered]:
         """Every file asked for that did not reach a recipient verified, with the reason."""
         with self._cond:
-            failed = [f"{s.name} to {who or 'anyone'}: {reason}" for s in self.finished for who, reason in s.failed]
+            failed = [Undelivered(s.name, reason, who) for s in self.finished for who, reason in s.failed]
             # Still asked-for once we stopped waiting: never offered, so certainly not delivered.
             unsent = self.unsent + [(path.name, "not sent") for path in self._asked.values()]
-            return failed + [f"{name}: {reason}" for name, reason in unsent]
+            return failed + [Undelivered(name, reason, offered=False) for name, reason in unsent]
 
-    def waiting_for(self) -> list[str]:
-        """What `exit` waits for, in words: `big.bin to bob (45 %)`, one per file."""
+    def waiting_for(self) -> list[Awaited]:
+        """What `exit` waits for, one per file (console.describe_waiting words it)."""
         with self._cond:
             out = []
             for s in self._transfers.values():
                 sent = getattr(s.source, "sent", 0)
-                percent = 100 * sent // s.size if s.size else 100
-                who = ", ".join(sorted(s.pending)) if s.pending else (s.to or "the room")
-                out.append(f"{s.name} to reach {who} ({percent} %)")
-            out += [f"{path.name} (being read)" for path in self._asked.values()]
-            return out
+                who = sorted(s.pending) if s.pending else [s.to] if s.to else []
+                out.append(Awaited(s.name, who, 100 * sent // s.size if s.size else 100))
+            return out + [Awaited(path.name) for path in self._asked.values()]
 
     def interrupt_all(self, reason: str) -> None:
         """Our connection dropped: every transfer still open waits to be offered again."""
@@ -290,7 +310,7 @@ class Outgoing:
                 if retry.until < now:
                     reason = f"not back within {RESUME_WAIT:.0f} s to resume"
                     self.finished.append(Sending(0, retry.name, 0, retry.path, retry.to, failed=[(retry.to, reason)]))
-                    self._console.event("file_failed", to=retry.to, name=retry.name, reason=reason)
+                    self._emit("file_failed", to=retry.to, name=retry.name, reason=reason)
                 elif retry.to in present or (retry.to is None and reconnected):
                     due.append(retry)
                     self._claimed += 1

@@ -1,10 +1,11 @@
-"""`securechat serve`: the listener, one Session per client, and the Operator.
+"""`securechat serve`: the listener, one Session per client, and the operator.
 
 Threads: one accept loop; a short-lived admission thread per incoming
 socket (TLS handshake with an overall deadline, so a silent or dribbling
 client costs one thread for at most 10 s and never blocks the accept loop);
-then each client's Connection I/O thread. The operator's stdin loop runs on
-its own thread, and each file the operator sends is read by its own thread.
+then each client's Connection I/O thread. The operator is a member like any
+other (member.py), attached in-process over a plain socketpair that a Session
+serves: its stdin loop and its files run on its own threads.
 
 Admission (admission.py, identity.py): handshake slots are capped per source
 address and in total; after the handshake, and before a Session exists, the
@@ -25,13 +26,11 @@ from . import frames
 from .admission import (BYE_REVOKED, REVOKED_REASON, Admissions, CrlInForce, Refusal, check_peer, close_gently,
                         send_refusal, source_key)
 from .certfiles import CertsLayout, common_name
-from .commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from .connection import Connection, tls_handshake, tune_socket
-from .console import Console, show_message
-from .errors import ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError, TransferError, UsageError
-from .inbox import Inbox, Verdict, announce_incoming
+from .console import Console
+from .errors import ConnectionLost, PeerTooSlow, RemoteProtocolError, SecureChatError, UsageError
+from .member import attach_operator
 from .outbox import STALL_TIMEOUT
-from .outgoing import Outgoing, Retry
 from .ratelimit import TokenBucket
 from .room import Participant, Pause, Relay, Room
 from .transfer import Downloads
@@ -47,15 +46,18 @@ CHAT_BURST = 60  # lines a member may send at once
 OFFER_RATE = 2.0
 OFFER_BURST = 16
 SHUTDOWN_TIMEOUT = 10.0
+OPERATOR_WELCOME_TIMEOUT = 10.0
 SOFTWARE = "securechat-server/0.1"
 
 
 class Session(Participant):
     """One connected client, as the room sees it."""
 
-    def __init__(self, server: "Server", sock, name: str) -> None:
+    def __init__(self, server: "Server", sock, name: str, operator: bool = False) -> None:
         self.name = name
-        self.serial = int(sock.getpeercert()["serialNumber"], 16)
+        # The operator's socketpair has no certificate: its identity is given, never revoked.
+        self.operator = operator
+        self.serial = None if operator else int(sock.getpeercert()["serialNumber"], 16)
         self.server = server
         self.room = server.room
         self.conn = Connection(sock, name, self._on_frame, self._on_close)
@@ -71,7 +73,7 @@ class Session(Participant):
     def _may_chat(self) -> bool:
         """A flood of lines from one member is refused; nobody else notices."""
         now = time.monotonic()
-        if self._chat_bucket.allow(now):
+        if self.operator or self._chat_bucket.allow(now):
             return True
         if now - self._warned_at > 1.0:
             self._warned_at = now
@@ -80,6 +82,8 @@ class Session(Participant):
 
     def _pace_offers(self) -> None:
         """A flood of offers is slowed: this connection is not read again until the bucket allows."""
+        if self.operator:
+            return
         now = time.monotonic()
         self._offer_bucket.take(now)
         ready_at = self._offer_bucket.ready_at(now)
@@ -211,123 +215,6 @@ class Session(Participant):
         self.server.forget(self)
 
 
-class Operator(Participant):
-    """The person at the server's terminal: a member of the room like any client."""
-
-    def __init__(self, name: str, room: Room, console: Console, downloads: Downloads) -> None:
-        self.name = name
-        self.room = room
-        self.console = console
-        self.inbox = Inbox(downloads)
-        self.outgoing = Outgoing(console)
-
-    def deliver(self, message: frames.Message, encoded: bytes | None = None) -> None:
-        if isinstance(message, frames.Presence):
-            self._resend(self.outgoing.due(message.joined))  # back after a drop: resume what it missed
-        show_message(self.console, message) or self.outgoing.handle(message)
-        if isinstance(message, frames.Result) and message.interrupted:
-            # Cut off on one connection while another of its is still here: no `joined` will
-            # come, so offer it again now (we hold the room lock; names() may take it again).
-            self._resend(self.outgoing.due(self.room.names()))
-
-    def _resend(self, retries: list[Retry]) -> None:
-        for retry in retries:
-            threading.Thread(target=self.send_file, args=(retry.path, retry.to, retry), name="operator-resend",
-                             daemon=True).start()
-
-    def greet(self, members: list[str]) -> None:
-        pass  # the operator is in the room from the start
-
-    def _settle(self, relay: Relay, verdict: Verdict | None) -> bool:
-        if verdict is None:
-            return True
-        verdict.report(self.console)
-        self.room.verdict(relay.id, self, verdict.ok, verdict.reason, verdict.sha256)
-        return False
-
-    def offer(self, relay: Relay) -> None:
-        def ready(offset: int, note: str) -> None:
-            announce_incoming(self.console, relay.sender.name, relay.name, relay.size, offset, note)
-            # Not on this (the file's writer) thread: whoever holds the room lock may be
-            # waiting for the writer to stop (an abort), and accepted() needs that lock.
-            threading.Thread(target=self.room.accepted, args=(relay.id, self, offset), name="accept",
-                             daemon=True).start()
-
-        try:
-            verdict = self.inbox.offer(relay.id, relay.sender.name, relay.name, relay.size, relay.sha256, ready)
-        except RemoteProtocolError as exc:
-            verdict = Verdict(relay.id, relay.sender.name, relay.name, False, str(exc))
-        self._settle(relay, verdict)
-
-    def start_sending(self, relay: Relay) -> None:
-        pass  # the operator's send thread waits for relay.ready
-
-    def chunk(self, relay: Relay, frame: bytes, data: memoryview, pause: Pause) -> bool:
-        return self._settle(relay, self.inbox.chunk(relay.id, data))
-
-    def end(self, relay: Relay, sha256: str) -> None:
-        self._settle(relay, self.inbox.end(relay.id, sha256))
-
-    def abort(self, relay: Relay, reason: str) -> None:
-        verdict = self.inbox.abort(relay.id, reason)
-        if verdict is not None:
-            verdict.report(self.console)
-
-    def kick(self, reason: str) -> None:
-        pass  # nobody else can hold the server's own certificate
-
-    # ------------------------------------------------ what the operator types
-
-    def handle(self, command: Command) -> bool:
-        match command:
-            case Say(text=text):
-                self.room.chat(self, text)
-            case PrivateMessage(to=to, text=text):
-                problem = self.room.chat(self, text, to)
-                if problem:
-                    self.console.error(f"/msg {to}: {problem}")
-            case SendFile(path=path, to=to):
-                threading.Thread(target=self.send_file, args=(path, to), name="operator-send", daemon=True).start()
-            case Who():
-                self.console.event("who", names=self.room.names())
-            case Help():
-                self.console.event("help", text=HELP)
-            case Quit():
-                return False
-        return True
-
-    def send_file(self, path: Path, to: str | None, previous: Retry | None = None) -> None:
-        with self.outgoing.slots:
-            self._send_file(path, to, previous)
-
-    def _send_file(self, path: Path, to: str | None, previous: Retry | None) -> None:
-        started = self.outgoing.start(path, to, previous)
-        if started is None:
-            return
-        source, transfer_id = started
-        sha256 = source.sha256  # computed by outgoing.start
-        relay = self.room.start_relay(self, transfer_id, source.name, source.size, sha256, to)
-        if relay is None:  # nobody receives it; the Recipients answer told self.outgoing why
-            source.close()
-            return
-        relay.ready.wait()  # always set: every recipient answers, or the room gives up on it
-        try:
-            if relay.finished:
-                return
-            assert relay.start is not None
-            self.outgoing.started(transfer_id, relay.start)  # what Accept tells a remote sender
-            for frame in source.chunk_frames(relay.id, relay.start):
-                if relay.finished:
-                    return
-                self.room.relay_chunk(relay, memoryview(frame)[frames.CHUNK_HEADER_SIZE:], None, frame)
-            self.room.end_relay(relay, sha256)
-        except TransferError as exc:
-            self.room.sender_aborted(relay, str(exc))
-            self.outgoing.fail(transfer_id, str(exc))
-        finally:
-            source.close()
-
-
 def _raise_open_file_limit() -> None:
     """Each client costs three descriptors (its socket and a wake-up socketpair);
     the common default soft limit of 1024 would cap a room near 340 people."""
@@ -352,8 +239,6 @@ class Server:
         self.host, self.port = host, port
         self.console = console
         self.room = Room(name)
-        self.operator = Operator(name, self.room, console, downloads)
-        self.room.join(self.operator)
         self._sessions: set[Session] = set()
         self._budgets: dict[str, tuple[TokenBucket, TokenBucket]] = {}  # identity -> (chat, offers)
         self._lock = threading.Lock()
@@ -361,6 +246,11 @@ class Server:
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
         self.address: tuple[str, int] = (host, port)
+        ours, theirs = socket.socketpair()
+        operator_session = Session(self, theirs, name, operator=True)
+        self._sessions.add(operator_session)
+        operator_session.conn.start()
+        self.operator = attach_operator(ours, name, console, downloads)
 
     def bind(self) -> tuple[str, int]:
         _raise_open_file_limit()
@@ -387,6 +277,8 @@ class Server:
         return self.address
 
     def start(self) -> None:
+        # In the room before anyone else: a client's welcome lists the operator.
+        self.operator.welcomed.wait(OPERATOR_WELCOME_TIMEOUT)
         threading.Thread(target=self._accept_loop, name="accept", daemon=True).start()
 
     def _reload_crl_if_changed(self) -> frozenset[int]:
@@ -485,7 +377,7 @@ class Server:
     def shutdown(self, reason: str = "server shutting down", wait_for_transfers: bool = False) -> None:
         """Stop accepting, tell every client, close. `exit` first lets the operator's sends finish."""
         if wait_for_transfers:
-            self.operator.outgoing.wait_idle(timeout=None)
+            self.operator.wait_idle(None)
         self._stopping.set()
         self.console.event("shutdown", reason=reason)
         if self._listener is not None:
@@ -496,5 +388,4 @@ class Server:
             session.conn.close(reason)
         for session in sessions:
             session.conn.join(SHUTDOWN_TIMEOUT)
-        for verdict in self.operator.inbox.close("server shut down"):
-            verdict.report(self.console)
+        self.operator.close("server shut down")

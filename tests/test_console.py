@@ -123,3 +123,31 @@ def test_progress_speed_after_a_resume_counts_only_new_bytes(monkeypatch):
     assert view._speed("in1", 600 * mb) == 0.0  # resumed at 600 MB: no bytes moved yet
     clock[0] += 1.0
     assert view._speed("in1", 610 * mb) == pytest.approx(10 * mb)
+
+
+def test_what_exit_waits_for_and_what_was_not_delivered_are_worded_here():
+    from securechat.console import describe_undelivered, describe_waiting
+    from securechat.outgoing import Awaited, Undelivered
+
+    assert describe_waiting([Awaited("big.bin", ["bob", "carol"], 45), Awaited("all.txt", [], 100),
+                             Awaited("new.png")], "Ctrl-C to stop it") == (
+        "waiting for big.bin to reach bob, carol (45 %); all.txt to reach the room (100 %); new.png (being read); "
+        "Ctrl-C to stop it")
+    assert describe_undelivered([Undelivered("a.bin", "refused", "bob"), Undelivered("b.bin", "gone"),
+                                 Undelivered("c.bin", "not sent", offered=False)]) == (
+        "not delivered: a.bin to bob: refused; b.bin to anyone: gone; c.bin: not sent")
+
+
+def test_events_reported_by_name_are_worded_by_the_console():
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out=out, err=err)
+    console.report("send_waits", name="a.bin")
+    console.report("send_to_self", to="alice")
+    console.report("file_sending", name="a.bin", size=3, to=["bob"])
+    assert out.getvalue().splitlines() == ["* not connected: a.bin will be sent when the connection is back",
+                                           "→ sending a.bin (3 B) to bob"]
+    assert err.getvalue() == "error: alice is you: /send @NAME sends to someone else in the room\n"
+    json_out = io.StringIO()
+    Console(json_mode=True, out=json_out).report("who_offline")
+    event = json.loads(json_out.getvalue())
+    assert (event["event"], event["message"]) == ("error", "not connected: /who needs the server")

@@ -46,6 +46,11 @@ def test_half_typed_line_survives_incoming_messages_and_history_recalls(room, pe
     for i in range(3):
         room.server.send(f"interruption {i}")
     screen = term.wait_for("interruption 2")
+    deadline = time.monotonic() + 10
+    while not any(line.startswith(">") for line in screen.splitlines()):  # redrawn just after the line
+        assert time.monotonic() < deadline, screen
+        time.sleep(0.05)
+        screen = term.screen()
     prompt_line = [line for line in screen.splitlines() if line.startswith(">")][-1]
     assert prompt_line.rstrip() == "> half typed"
     assert "<server> interruption 0" in screen and ":" in screen.split("<server>")[0][-6:]  # a timestamp
