@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from helpers.files import sparse_file
+from helpers.network import RawClient
 from members import Member, presence
 from securechat import frames
 from securechat.certfiles import CertsLayout
@@ -77,7 +79,7 @@ def test_files_refused_after_their_accept_do_not_use_up_the_senders_uploads(room
     """A file whose every recipient gives up after accepting (refused, or gone mid-transfer) is
     cancelled; the sender then stopped without an `end` or `abort`, the server kept the upload
     open for good, and the 17th such file got the sender disconnected ("more than 16 files")."""
-    from conftest import sparse_file  # big enough that the cancel comes long before the last chunk
+    # big enough that the cancel comes long before the last chunk
 
     big = sparse_file(tmp_path / "big.bin", 64 * 1024 * 1024)
     alice = room.join("alice")
@@ -308,7 +310,6 @@ def test_accepts_and_verdicts_for_transfers_never_offered_change_nothing(room, r
 def test_presence_of_an_identity_whose_connections_come_and_go_at_once(room, raw_client, pki):
     """Connections of one identity arriving and leaving concurrently: an observer sees dave's
     joined and left strictly alternate, and ends with the room's own answer to who."""
-    from conftest import RawClient
     from securechat.tls import ClientFiles
 
     bob = connect_as(raw_client, room.port, "bob", "bob-watch-1")

@@ -17,7 +17,7 @@ import pytest
 
 from securechat.certs import generate
 
-from processes import processes_of_this_run, run_script, stop_leftovers, stop_process_group
+from helpers.processes import processes_of_this_run, run_script, stop_leftovers, stop_process_group
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))

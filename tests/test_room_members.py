@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import RawClient
+from helpers.network import RawClient, bye_reason, control_frame
 from securechat import frames
 from securechat.certs import generate
 from securechat.server import OFFER_BURST, OFFER_RATE
@@ -26,18 +26,6 @@ def crowd_pki(tmp_path_factory):
     return certs
 
 
-def control(obj: dict) -> bytes:
-    """A CONTROL frame from raw JSON text: lets a test send what our encoder would refuse."""
-    payload = json.dumps(obj, ensure_ascii=True).encode()  # "\udcff" travels as a valid JSON escape
-    return frames.HEADER.pack(frames.KIND_CONTROL, len(payload)) + payload
-
-
-def bye_reason(got: list) -> str:
-    byes = [f for f in got if isinstance(f, frames.Bye)]
-    assert byes, f"no bye before the close: {got}"
-    return byes[-1].reason
-
-
 @pytest.mark.parametrize("frame", [
     {"type": "offer", "id": 1, "name": "s\udcff.txt", "size": 5, "sha256": "ab" * 32},
     {"type": "chat", "text": "hi \udcff"},
@@ -48,7 +36,7 @@ def test_a_lone_surrogate_closes_only_its_senders_connection(room, raw_client, f
     raw = raw_client(room.port)
     raw.hello()
     bob.wait_event("joined", name="dave")
-    raw.send_bytes(control(frame))
+    raw.send_bytes(control_frame(frame))
     assert "not valid" in bye_reason(raw.frames_until_closed())
     left = bob.wait_event("left", name="dave")
     assert "internal error" not in left["reason"] and "Unicode" not in left["reason"]
