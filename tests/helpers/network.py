@@ -188,11 +188,14 @@ class RawClient:
             self.decoder.feed(data)
 
     def frames_until_closed(self, timeout: float = 10.0) -> list:
+        """Every frame until the server closes the connection; then closes ours, as a client does at
+        EOF (the server lingers up to 2 s for that before it lets the member go)."""
         got = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             frame = self.next_frame(deadline - time.monotonic())
             if frame is None:
+                self.close()
                 return got
             got.append(frame)
         raise AssertionError(f"connection still open after {timeout} s; got {got}")
