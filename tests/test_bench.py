@@ -58,8 +58,32 @@ def test_load_smoke(tmp_path):
     for key in ("server_cpu_us_per_delivery", "generator_cpu_us_per_delivery"):
         assert chat[key] >= 0, key
     assert chat["server"]["peak_rss_mib"] > 0 and chat["server"]["peak_threads"] >= 1
+    # Protocol 3 presence: every member's count of the room, from welcome and the batches, converged.
+    presence = report["presence"]
+    assert presence["frames"] > 0 and presence["names"] >= presence["frames"]
+    assert presence["roster_min"] == presence["roster_max"] == chat["roster_min"] == chat["roster_max"] > 0
     fanout = report["fanout"]
     assert fanout["all_verified"] and fanout["verified_by_raw_members"] == 3 and fanout["delivered"] == 4
+
+
+@pytest.mark.timeout(240)
+def test_load_find_max_steps_the_rate_and_shares_source_addresses(tmp_path):
+    out = tmp_path / "load.json"
+    # 12 members from 3 addresses, at most 2 handshakes at once from each: the per-source cap path.
+    result = run_script([sys.executable, str(SCRIPTS / "load.py"), "--members", "12", "--workers", "2",
+                         "--sources", "3", "--per-source", "2", "--find-max", "--rate", "10", "--step-seconds", "1",
+                         "--step-factor", "2", "--max-steps", "3", "--skip-fanout", "--deadline", "150",
+                         "--json-out", str(out)], timeout=200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["connect"]["ready"] == 12 and report["connect"]["seconds"] > 0
+    found = report["find_max"]
+    assert [step["rate_per_s"] for step in found["steps"]] == [10, 20, 40][: len(found["steps"])]
+    for step in found["steps"]:
+        assert step["deliveries"] == step["deliveries_expected"] == step["lines_sent"] * 11
+        assert step["late_deliveries"] == 0  # each step counts its own lines only
+    assert found["best_deliveries_per_s"] == max(step["delivered_per_s"] for step in found["steps"])
+    assert "highest room throughput" in result.stdout
 
 
 @pytest.mark.timeout(120)
