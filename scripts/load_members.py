@@ -66,7 +66,7 @@ class Member:
         self.mask = 0  # what the selector waits for on this socket now
         self.counted = False  # ready when the lines started: one that got in later would inflate the count
         self.source = ""  # the local address it connects from
-        self.roster = 0  # members of the room it sees, itself included: welcome, then every presence batch
+        self.roster = 0  # others in the room it sees (the operator included): welcome, then every presence batch
 
 
 class Worker:
