@@ -106,3 +106,11 @@ def test_common_name_of_bad_files_is_one_clear_error(tmp_path):
     nameless = _self_signed(tmp_path, x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "org")]))
     with pytest.raises(CertificateError, match="no common name"):
         common_name(nameless)
+
+
+def test_running_serve_and_join_have_not_loaded_cryptography(room):
+    alice = room.join("alice")
+    for proc in (room.server, alice):
+        maps = open(f"/proc/{proc.popen.pid}/maps").read()
+        assert "_ssl" in maps or "libssl" in maps  # the reading works: TLS is there
+        assert "cryptography" not in maps, proc.args[0]
