@@ -329,6 +329,9 @@ def run_chat(args: argparse.Namespace, certs: Path, names: list[str], folder: Pa
                                              default=None),
                            "roster_max": max((d["roster"]["max"] for d in done if d["roster"]["max"] is not None),
                                              default=None)}
+    # Each member sees the others and the operator: as many as there are members, when all got in.
+    presence = results["presence"]
+    presence["converged"] = presence["roster_min"] == presence["roster_max"] == len(names)
     return results
 
 
@@ -436,6 +439,13 @@ def report(args: argparse.Namespace, results: dict) -> int:
         if not complete(chat):
             print(f"LOST: sent {chat['lines_sent']} of {chat['lines_offered']} lines, "
                   f"delivered {chat['deliveries']} of {chat['deliveries_expected']}", file=sys.stderr)
+            status = 1
+    presence = results.get("presence")
+    if presence:
+        print(f"presence: {presence['frames']} frames naming {presence['names']} members in all; every member "
+              f"sees {presence['roster_min']}..{presence['roster_max']} others", flush=True)
+        if not presence["converged"]:
+            print("PRESENCE: the members' views of the room did not converge", file=sys.stderr)
             status = 1
     found = results.get("find_max")
     if found:

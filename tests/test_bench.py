@@ -61,7 +61,8 @@ def test_load_smoke(tmp_path):
     # Protocol 3 presence: every member's count of the room, from welcome and the batches, converged.
     presence = report["presence"]
     assert presence["frames"] > 0 and presence["names"] >= presence["frames"]
-    assert presence["roster_min"] == presence["roster_max"] == chat["roster_min"] == chat["roster_max"] > 0
+    assert presence["roster_min"] == presence["roster_max"] == chat["roster_min"] == chat["roster_max"] == 8
+    assert presence["converged"]
     fanout = report["fanout"]
     assert fanout["all_verified"] and fanout["verified_by_raw_members"] == 3 and fanout["delivered"] == 4
 
