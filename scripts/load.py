@@ -3,7 +3,7 @@
 
     python scripts/load.py --members 500 --rate 20 --seconds 20 --skip-fanout
     python scripts/load.py --members 500 --find-max --rate 20 --skip-fanout     # highest rate, p99 < 250 ms
-    python scripts/load.py --members 5000 --workers 4 --rate 2 --seconds 30 --skip-fanout --deadline 900
+    python scripts/load.py --members 5000 --rate 2 --seconds 30 --skip-fanout --deadline 900
     python scripts/load.py --skip-chat --fanout-size 1GiB --fanout-recipients 10   # MB/s per recipient
     python scripts/load.py --members 20 --messages 50 --fanout-size 8MiB   # quick
 
@@ -65,6 +65,9 @@ from securechat.transfer import parse_size  # noqa: E402
 
 MEMBERS_SCRIPT = Path(__file__).resolve().parent / "load_members.py"
 FANOUT_SENDER = "fanout-sender"
+# One loop serving more members than this delays the timestamps of the lines it reads at a burst
+# (every member gets each line at once); 5,000 members get 4 processes.
+MEMBERS_PER_WORKER = 1250
 
 
 def size_argument(text: str) -> int:
@@ -468,7 +471,8 @@ def report(args: argparse.Namespace, results: dict) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", "--clients", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=2, help="member processes, one selectors loop each")
+    parser.add_argument("--workers", type=int, help="member processes, one selectors loop each "
+                        f"(default: one per {MEMBERS_PER_WORKER} members, at least 2)")
     parser.add_argument("--rate", type=float, default=20.0, help="chat lines per second to the whole room")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to send (unless --messages)")
     parser.add_argument("--messages", type=int, help="lines to send in all (instead of --seconds)")
@@ -495,6 +499,8 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, help="seconds the whole run may take, every wait included")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    if args.workers is None:
+        args.workers = max(2, -(-args.members // MEMBERS_PER_WORKER))
     if args.members < 2 or args.workers < 1 or args.rate <= 0 or args.fanout_recipients < 1:
         return children.fail("--members must be at least 2, --workers and --fanout-recipients at least 1, "
                              "--rate over 0")
