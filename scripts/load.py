@@ -65,8 +65,9 @@ from securechat.transfer import parse_size  # noqa: E402
 
 MEMBERS_SCRIPT = Path(__file__).resolve().parent / "load_members.py"
 FANOUT_SENDER = "fanout-sender"
-# One loop serving more members than this delays the timestamps of the lines it reads at a burst
-# (every member gets each line at once); 5,000 members get 4 processes.
+# Every member gets each line at once, so one loop reads a line's copies one after another and the
+# last is timestamped late: the fewer members a loop serves, the less it adds to the latency it
+# reports. 5,000 members get 4 processes (not yet measured against a server that can hold them).
 MEMBERS_PER_WORKER = 1250
 
 
