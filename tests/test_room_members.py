@@ -4,7 +4,6 @@ hostile member can no longer do to the others (issue 11 items 3, 6, 9, 9a, 10)."
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 
