@@ -8,12 +8,18 @@ cost well under the server's CPU per delivery, or it measures itself (issue 12: 
 old thread-per-member generator reported p99 of seconds that the server did not cause).
 
 Talks to load.py by JSON lines: argv[1] is the job (JSON); stdout gets
-{"connected": ...} after the connect phase, {"drained": n} once every line arrived
-(or the drain timeout passed) and {"done": ...} at the end. stdin says "go <monotonic
-start>" (send the schedule) or "serve" (only answer offers: a file fan-out), then
-"stop" (bye, close, report). The members are served while waiting for a command.
-CLOCK_MONOTONIC is one clock for every process, so a line's send time written into
-its text by one worker is compared with the receive time in another.
+{"connected": ...} after the connect phase, {"drained": ...} after each round of lines
+(once every line of the round arrived, or the drain timeout passed) and {"done": ...}
+at the end. stdin says "go <round> <monotonic start> <rate> <lines>" (send this worker's
+share of a round; load.py may run several, stepping the rate up), or "serve" (only answer
+offers: a file fan-out), then "stop" (bye, close, report). The members are served while
+waiting for a command. CLOCK_MONOTONIC is one clock for every process, so a line's send
+time written into its text by one worker is compared with the receive time in another.
+
+Presence (protocol 3) comes in batches that may name many members: each member keeps a
+count of the room it sees (welcome's list, then left/joined of every batch), so load.py
+can say whether every member's view of the room converged, and how many presence frames
+and names the server sent for it.
 """
 
 from __future__ import annotations
@@ -37,12 +43,15 @@ from securechat.tls import ClientFiles, client_context  # noqa: E402
 
 READ_SIZE = 256 * 1024
 CHAT_PREFIX = b'{"type":"chat"'  # the server encodes compactly with "type" first (frames.encode)
-PRESENCE_PREFIXES = (b'{"type":"presence"',)
+PRESENCE_PREFIX = b'{"type":"presence"'
+# A timed line's text is "L <send ns> <round> <worker>.<i>": found with bytes.find, not json.loads,
+# so that reading a line costs the generator little next to what sending it cost the server.
+TIMED_TEXT = b'"text":"L '
 
 
 class Member:
     __slots__ = ("name", "context", "sock", "state", "inbuf", "outbuf", "started", "ready_at", "received",
-                 "sent", "closed_reason", "transfers", "verified", "events", "mask", "counted")
+                 "sent", "closed_reason", "transfers", "verified", "mask", "counted", "source", "roster")
 
     def __init__(self, name: str, context: ssl.SSLContext) -> None:
         self.name, self.context = name, context
@@ -54,9 +63,10 @@ class Member:
         self.closed_reason = ""
         self.transfers: dict[int, list] = {}  # server's id -> [sha256 object, offered size, offered sha256, bytes]
         self.verified = 0
-        self.events = 0
         self.mask = 0  # what the selector waits for on this socket now
         self.counted = False  # ready when the lines started: one that got in later would inflate the count
+        self.source = ""  # the local address it connects from
+        self.roster = 0  # others in the room it sees (the operator included): welcome, then every presence batch
 
 
 class Worker:
@@ -68,8 +78,11 @@ class Worker:
         certs = Path(job["certs"])
         self.members = [Member(name, client_context(ClientFiles.from_certs_dir(certs, name))) for name in job["names"]]
         self.latencies_ms = array("d")
-        self.deliveries = 0
+        self.deliveries = 0  # of the current round's lines
+        self.late = 0  # lines of an earlier round that arrived during this one
+        self.round = -1
         self.notices = 0
+        self.presence_frames = self.presence_names = 0
 
     # ---------------------------------------------------------------- connections
 
@@ -80,6 +93,7 @@ class Worker:
         # A source address per member: the server caps pending handshakes per address,
         # and 5,000 members would otherwise look like one host flooding it.
         sock.bind((source, 0))
+        member.source = source
         member.started = time.monotonic()
         code = sock.connect_ex(("127.0.0.1", self.port))
         if code not in (0, errno.EINPROGRESS):
@@ -181,35 +195,49 @@ class Worker:
             end = pos + header.size + length
             if len(buf) < end:
                 break
-            payload = bytes(buf[pos + header.size:end])
-            pos = end
+            start, pos = pos + header.size, end
             if kind == frames.KIND_CHUNK:
-                self.chunk_in(member, payload)
-            elif payload.startswith(CHAT_PREFIX):
-                self.chat_in(member, payload, now_ns)
-            elif payload.startswith(PRESENCE_PREFIXES):
-                member.events += 1  # O(members) of these per join; not worth parsing
+                self.chunk_in(member, bytes(buf[start:end]))
+            elif buf.startswith(CHAT_PREFIX, start):
+                self.chat_in(member, buf, start, end, now_ns)
+            elif buf.startswith(PRESENCE_PREFIX, start):
+                self.presence_in(member, json.loads(buf[start:end]))
             else:
-                self.control_in(member, json.loads(payload))
+                self.control_in(member, json.loads(buf[start:end]))
             if member.state == "closed":
                 return
         del buf[:pos]
 
     # ---------------------------------------------------------------- messages
 
-    def chat_in(self, member: Member, payload: bytes, now_ns: int) -> None:
+    def chat_in(self, member: Member, buf: bytearray, start: int, end: int, now_ns: int) -> None:
         if not member.counted:
             return
-        text = json.loads(payload)["text"]
+        at = buf.find(TIMED_TEXT, start, end)
+        if at < 0:
+            return  # not one of ours
+        at += len(TIMED_TEXT)
+        space = buf.find(b" ", at, end)
+        after = buf.find(b" ", space + 1, end)
+        if int(buf[space + 1:after]) != self.round:
+            self.late += 1
+            return
         member.received += 1
         self.deliveries += 1
-        if text.startswith("L "):
-            self.latencies_ms.append((now_ns - int(text.split(" ", 2)[1])) / 1e6)
+        self.latencies_ms.append((now_ns - int(buf[at:space])) / 1e6)
+
+    def presence_in(self, member: Member, message: dict) -> None:
+        """A batch: apply `left`, then `joined` (docs/protocol.md); one who left and came back is in both."""
+        left, joined = message.get("left") or [], message.get("joined") or []
+        member.roster += len(joined) - len(left)
+        self.presence_frames += 1
+        self.presence_names += len(joined) + len(left)
 
     def control_in(self, member: Member, message: dict) -> None:
         kind = message.get("type")
         if kind == "welcome":
             member.state, member.ready_at = "ready", time.monotonic()
+            member.roster = len(message.get("members") or [])
         elif kind == "bye":
             member.closed_reason = f"bye: {message.get('reason', '')}"
         elif kind == "notice":
@@ -242,32 +270,55 @@ class Worker:
             if key.data is not None:  # None: load.py's commands on stdin, read by commands()
                 self.on_event(key.data, mask)
 
+    def source_of(self, local_index: int) -> str:
+        """The address member `local_index` of this worker connects from: 127.x.y.z, never shared with
+        another worker, so each worker alone keeps its sources under the server's per-address cap."""
+        job = self.job
+        sources = job["sources_per_worker"] or len(self.members)
+        n = job["worker"] * sources + local_index % sources + 1
+        return f"127.{n // 62500 % 254 + 1}.{n // 250 % 250}.{n % 250 + 1}"
+
     def connect_all(self, deadline: float) -> dict:
         started = time.monotonic()
-        waiting = list(reversed(self.members))
+        waiting = list(reversed(list(enumerate(self.members))))
         in_flight: set[Member] = set()
-        base = self.job["first_index"]
+        per_source: dict[str, int] = {}  # handshakes + hellos in flight from each address
         while (waiting or in_flight) and time.monotonic() < deadline:
+            skipped = []
             while waiting and len(in_flight) < self.job["concurrency"]:
-                member = waiting.pop()
-                index = base + len(self.members) - len(waiting) - 1
-                self.start_connect(member, f"127.{1 + index // 60000}.{index // 250 % 240}.{1 + index % 250}")
+                index, member = waiting.pop()
+                source = self.source_of(index)
+                if per_source.get(source, 0) >= self.job["per_source"]:
+                    skipped.append((index, member))  # its address is busy: another member goes first
+                    if len(skipped) > self.job["concurrency"]:
+                        break
+                    continue
+                per_source[source] = per_source.get(source, 0) + 1
+                self.start_connect(member, source)
                 in_flight.add(member)
+            waiting.extend(reversed(skipped))
             self.poll(0.05)
-            in_flight = {m for m in in_flight if m.state not in ("ready", "closed")}
+            for member in [m for m in in_flight if m.state in ("ready", "closed")]:
+                in_flight.discard(member)
+                per_source[member.source] -= 1
         ready = [m for m in self.members if m.state == "ready"]
         times = sorted(m.ready_at - m.started for m in ready)
         failed = [m for m in self.members if m.state != "ready"]
         return {"ready": len(ready), "seconds": time.monotonic() - started,
+                "first_connect": min((m.started for m in self.members if m.started), default=None),
+                "last_welcome": max((m.ready_at for m in ready), default=None),
                 "slowest_s": times[-1] if times else None, "median_s": times[len(times) // 2] if times else None,
                 "failed": len(failed), "failures": sorted({m.closed_reason or m.state for m in failed})[:5]}
 
-    def run_schedule(self, start: float, deadline: float) -> None:
+    def run_schedule(self, round_: int, start: float, rate: float, lines: int, deadline: float) -> None:
+        """This worker's share of a round: line i of the room is due at start + i / rate."""
         job, ready = self.job, [m for m in self.members if m.state == "ready"]
-        for member in ready:
-            member.counted = True
-        mine = range(job["worker"], job["lines"], job["workers"])  # this worker's share of the room's lines
-        interval = 1.0 / job["rate"] if job["rate"] else 0.0
+        self.round, self.deliveries, self.late = round_, 0, 0
+        self.latencies_ms = array("d")
+        for member in self.members:
+            member.counted, member.sent = member.state == "ready", 0
+        mine = range(job["worker"], lines, job["workers"])
+        interval = 1.0 / rate
         for count, i in enumerate(mine):
             due = start + i * interval
             while True:
@@ -280,7 +331,7 @@ class Worker:
             member = ready[count % len(ready)]
             if member.state != "ready":
                 continue
-            text = f"L {time.monotonic_ns()} {job['worker']}.{i}"
+            text = f"L {time.monotonic_ns()} {round_} {job['worker']}.{i}"
             member.sent += 1
             self.send(member, frames.encode(frames.Chat(text=text)))
 
@@ -329,35 +380,44 @@ def report(line: dict) -> None:
     sys.stdout.flush()
 
 
+def roster_sizes(members: list[Member]) -> dict:
+    sizes = [m.roster for m in members if m.state == "ready"]
+    return {"min": min(sizes, default=None), "max": max(sizes, default=None)}
+
+
+def play_round(worker: Worker, job: dict, command: list[str]) -> dict:
+    round_, start, rate, lines = int(command[1]), float(command[2]), float(command[3]), int(command[4])
+    cpu_before = cpu_s()
+    worker.run_schedule(round_, start, rate, lines, start + lines / rate + 30)
+    # Every line of the room reaches every member but its author (docs/protocol.md §5).
+    expected = sum(lines - m.sent for m in worker.members if m.counted)
+    worker.drain(expected, time.monotonic() + job["drain_timeout"])
+    with open(f"{job['latency_file']}.{round_}", "wb") as f:
+        worker.latencies_ms.tofile(f)
+    return {"round": round_, "deliveries": worker.deliveries, "expected": expected, "late": worker.late,
+            "counted": sum(m.counted for m in worker.members), "sent": sum(m.sent for m in worker.members),
+            "cpu_s": cpu_s() - cpu_before, "roster": roster_sizes(worker.members)}
+
+
 def main() -> int:
     job = json.loads(sys.argv[1])
     worker = Worker(job)
     connected = worker.connect_all(time.monotonic() + job["connect_timeout"])
     report({"connected": connected})
-    cpu_used = 0.0  # the chat phase's; a file fan-out does not measure it
     lines = commands(worker)
     command = next(lines).split() or ["stop"]
-    if command[0] == "go":
-        cpu_before = cpu_s()
-        start = float(command[1])
-        worker.run_schedule(start, start + job["send_timeout"])
-        # Every line of the room reaches every member but its author (docs/protocol.md §5).
-        expected = sum(job["lines"] - m.sent for m in worker.members if m.counted)
-        worker.drain(expected, time.monotonic() + job["drain_timeout"])
-        cpu_used = cpu_s() - cpu_before
-        report({"drained": worker.deliveries})
-        command = next(lines).split() or ["stop"]
     while command[0] != "stop":
-        command = next(lines).split() or ["stop"]
+        if command[0] == "go":
+            report({"drained": play_round(worker, job, command)})
+        command = next(lines).split() or ["stop"]  # "serve": the loop in commands() answers the offers
+    roster = roster_sizes(worker.members)
     worker.leave()
-    with open(job["latency_file"], "wb") as f:
-        worker.latencies_ms.tofile(f)
     members = worker.members
     dropped = [m for m in members if m.ready_at and m.closed_reason != "left"]  # got in, then lost
     report({"done": {
-        "deliveries": worker.deliveries, "counted": sum(m.counted for m in members),
-        "sent": sum(m.sent for m in members), "cpu_s": cpu_used,
         "verified": sum(m.verified for m in members), "notices": worker.notices,
+        "presence_frames": worker.presence_frames, "presence_names": worker.presence_names,
+        "roster": roster,
         "dropped": len(dropped), "dropped_reasons": sorted({m.closed_reason for m in dropped})[:5],
     }})
     return 0

@@ -1,8 +1,10 @@
-"""Where each file of a certs folder lives; no cryptography import.
+"""Certificate *files*: where each file of a certs folder lives, and the little read from them.
 
-`join` and `serve` only need paths (the ssl module reads the PEM files), so
-they never import the cryptography package: that keeps 10 MB out of every
-running process (docs/performance.md). certs.py makes the files.
+`join` and `serve` only need paths (the ssl module reads the PEM files) and a
+certificate's name (read with the pure DER reader), so they never import the
+cryptography package: that keeps 10 MB out of every running process
+(docs/performance.md). Certificate *building* is certs.py, which imports this
+module; nothing here imports certs.py, so the dependency runs one way only.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import der
 from .errors import CertificateError
 
 PASSPHRASE_ENV = "SECURECHAT_CA_PASSPHRASE"
 DEFAULT_DAYS = 90  # Mozilla's "modern" profile: leaf certificates live at most 90 days
+COMMON_NAME = "2.5.4.3"
+# How X.501 may spell a name's value; cryptography writes UTF8String, others PrintableString.
+_STRING_CODECS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x1E: "utf-16-be"}
 
 
 @dataclass(frozen=True)
@@ -70,31 +76,55 @@ def key_is_encrypted(path: Path) -> bool:
 def certificate_fingerprint(path: Path) -> str:
     """SHA-256 over the DER form, as colon-separated hex (the same as gen-certs prints)."""
     try:
-        der = ssl.PEM_cert_to_DER_cert(path.read_text(encoding="ascii"))
+        certificate_der = ssl.PEM_cert_to_DER_cert(path.read_text(encoding="ascii"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise CertificateError(f"{path} is not a PEM certificate") from exc
-    return hashlib.sha256(der).digest().hex(":").upper()
+    return hashlib.sha256(certificate_der).digest().hex(":").upper()
 
 
 def common_name(path: Path) -> str:
-    """The subject CN of the PEM certificate at `path`.
-
-    The ssl module parses a certificate into the dict getpeercert() returns,
-    but only through a private helper; when it is missing, cryptography does it.
-    """
+    """The subject CN of the PEM certificate at `path`, read by the pure DER reader."""
     if not path.is_file():
         raise CertificateError(f"certificate {path} not found; create it with: securechat gen-certs")
-    decode = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
-    if decode is not None:
-        try:
-            subject = decode(str(path))["subject"]
-        except (ssl.SSLError, KeyError) as exc:
-            raise CertificateError(f"{path} is not a PEM certificate") from exc
-        for rdn in subject:
-            for key, value in rdn:
-                if key == "commonName":
-                    return value
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CertificateError(f"{path} is not a PEM certificate") from exc
+    try:
+        blocks = der.pem_blocks(text, "CERTIFICATE")
+        if not blocks:
+            raise der.DERError("no PEM certificate block")
+        name = _subject_common_name(blocks[0])
+    except der.DERError as exc:
+        raise CertificateError(f"{path} is not a PEM certificate") from exc
+    if name is None:
         raise CertificateError(f"{path} has no common name")
-    from .certs import load_cert
+    return name
 
-    return load_cert(path).subject.rfc4514_string().removeprefix("CN=")
+
+def _subject_common_name(certificate_der: bytes) -> str | None:
+    """The first CN in the subject of a DER certificate, None when it has none."""
+    certificate = der.children(der.single(certificate_der, der.SEQUENCE, "certificate").data)
+    if not certificate:
+        raise der.DERError("empty certificate")
+    tbs = der.children(der.expect(certificate[0], der.SEQUENCE, "tbsCertificate").data)
+    if tbs and tbs[0].tag == der.EXPLICIT_0:
+        tbs = tbs[1:]  # version
+    if len(tbs) < 5:
+        raise der.DERError("tbsCertificate is too short")
+    # serialNumber, signature, issuer, validity, subject
+    for rdn in der.children(der.expect(tbs[4], der.SEQUENCE, "subject").data):
+        for attribute in der.children(der.expect(rdn, der.SET, "relative distinguished name").data):
+            parts = der.children(der.expect(attribute, der.SEQUENCE, "attribute").data)
+            if len(parts) != 2:
+                raise der.DERError("malformed name attribute")
+            if der.decode_oid(der.expect(parts[0], der.OID, "attribute type").data) != COMMON_NAME:
+                continue
+            codec = _STRING_CODECS.get(parts[1].tag)
+            if codec is None:
+                raise der.DERError(f"common name in an unsupported string type 0x{parts[1].tag:02x}")
+            try:
+                return parts[1].data.decode(codec)
+            except UnicodeDecodeError as exc:
+                raise der.DERError("common name is not valid text") from exc
+    return None

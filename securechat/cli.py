@@ -31,7 +31,7 @@ from .console import Console, describe_undelivered, visible
 from .errors import SecureChatError, UsageError
 from .oneshot import ProgressLine, split_address, wait_for_recipient
 from .outgoing import RESUME_WAIT
-from .server import Server
+from .srv.serve import Server
 from .tls import ClientFiles
 from .transfer import Downloads, parse_size
 

@@ -171,7 +171,3 @@ class SendQueue:
     def empty(self) -> bool:
         with self._cond:
             return not self._control and not self._data
-
-
-# The name before issue 12; the server's loop still imports it (remove with that import).
-Outbox = SendQueue

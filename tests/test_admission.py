@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securechat import frames
 from securechat.admission import Admissions, source_key
-from securechat.certs import CertsLayout, _build, generate, load_cert, load_key, new_key
+from securechat.certs import CertsLayout, _build, generate, load_cert, load_key, new_key, save_pair
 from securechat.client import _is_final
 from securechat.errors import REVOKED_MESSAGE, ConnectionFailed, FailureKind
 from securechat.revocation import revoke
 from securechat.tls import ClientFiles, client_context
-from test_tls import presenting
+
+from helpers.tls import presenting
 
 ATTEMPT_TIMEOUT = 5.0  # well inside the server's 10 s handshake deadline: a correctness bound, not a benchmark
 
@@ -58,9 +58,7 @@ def issue(certs: Path, common_name: str, folder: Path, *, ca: bool = False, eku=
     cert = _build(subject, key.public_key(), ca_cert.subject, ca_key, 1, extensions)
     stem = f"cert{len(list(folder.glob('*.pem')))}"
     cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    save_pair(cert, key, cert_path, key_path, force=True)
     return ClientFiles(layout.ca_cert, cert_path, key_path)
 
 
@@ -200,20 +198,11 @@ def test_join_refuses_a_server_certificate_off_the_profile(procs, tmp_path, defe
     client = procs(["join", "127.0.0.1", "--port", str(port), "--certs", str(certs), "--name", "alice", "--json",
                     "--downloads", str(tmp_path / "alice-dl")], tmp_path)
     assert client.wait_exit() == 1
-    stderr = _stderr_after_exit(client)
+    stderr = client.stderr_after_exit()
     assert len(stderr.splitlines()) == 1 and stderr.startswith("error: "), stderr
     assert ("CA certificate" if defect == "CA:TRUE" else "serverAuth") in stderr
     assert "gen-certs" in stderr and "Traceback" not in stderr
     assert client.count("reconnecting") == 0 and client.count("connected") == 0
-
-
-def _stderr_after_exit(proc, grace: float = 0.3) -> str:
-    """Everything the (exited) process wrote on stderr, once the reader thread has caught up."""
-    deadline = time.monotonic() + 5
-    while not proc.stderr_lines and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(grace)
-    return "".join(proc.stderr_lines)
 
 
 # --------------------------------------------------------------------------- item 2

@@ -17,7 +17,7 @@ import pytest
 
 from securechat.certs import generate
 
-from processes import processes_of_this_run, run_script, stop_leftovers, stop_process_group
+from helpers.processes import processes_of_this_run, run_script, stop_leftovers, stop_process_group
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -58,23 +58,39 @@ def test_load_smoke(tmp_path):
     for key in ("server_cpu_us_per_delivery", "generator_cpu_us_per_delivery"):
         assert chat[key] >= 0, key
     assert chat["server"]["peak_rss_mib"] > 0 and chat["server"]["peak_threads"] >= 1
+    # Protocol 3 presence: every member's count of the room, from welcome and the batches, converged.
+    presence = report["presence"]
+    assert presence["frames"] > 0 and presence["names"] >= presence["frames"]
+    assert presence["roster_min"] == presence["roster_max"] == chat["roster_min"] == chat["roster_max"] == 8
+    assert presence["converged"]
     fanout = report["fanout"]
     assert fanout["all_verified"] and fanout["verified_by_raw_members"] == 3 and fanout["delivered"] == 4
 
 
+@pytest.mark.timeout(240)
+def test_load_find_max_steps_the_rate_and_shares_source_addresses(tmp_path):
+    out = tmp_path / "load.json"
+    # 12 members from 3 addresses, at most 2 handshakes at once from each: the per-source cap path.
+    result = run_script([sys.executable, str(SCRIPTS / "load.py"), "--members", "12", "--workers", "2",
+                         "--sources", "3", "--per-source", "2", "--find-max", "--rate", "10", "--step-seconds", "1",
+                         "--step-factor", "2", "--max-steps", "2", "--skip-fanout", "--deadline", "150",
+                         "--json-out", str(out)], timeout=200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["connect"]["ready"] == 12 and report["connect"]["seconds"] > 0
+    found = report["find_max"]
+    assert [step["rate_per_s"] for step in found["steps"]] == [10, 20][: len(found["steps"])]
+    for step in found["steps"]:
+        assert step["deliveries"] == step["deliveries_expected"] == step["lines_sent"] * 11
+        assert step["late_deliveries"] == 0  # each step counts its own lines only
+    assert found["best_deliveries_per_s"] == max(step["delivered_per_s"] for step in found["steps"])
+    assert "highest room throughput" in result.stdout
+
+
 @pytest.mark.timeout(120)
 def test_sigterm_stops_the_load_run_its_server_and_its_member_workers(tmp_path):
-    marker = f"SECURECHAT_TEST_SCRIPT={uuid.uuid4().hex}"
-    script = _start_script([str(SCRIPTS / "load.py"), "--members", "20", "--rate", "5", "--seconds", "600",
-                            "--skip-fanout", "--deadline", "100"], marker)
-    try:
-        _wait_for_children(script.pid, {"securechat", "load_members.py"})
-        script.send_signal(signal.SIGTERM)
-        assert script.wait(60) == 128 + signal.SIGTERM
-        assert processes_of_this_run(marker) == {}
-    finally:
-        stop_process_group(script)
-        stop_leftovers(grace=0, marker=marker)
+    _sigterm_stops_everything([str(SCRIPTS / "load.py"), "--members", "20", "--rate", "5", "--seconds", "600",
+                               "--skip-fanout", "--deadline", "100"], {"securechat", "load_members.py"}, wait=60)
 
 
 @pytest.mark.timeout(240)
@@ -145,13 +161,20 @@ def _start_script(args: list[str], marker: str) -> subprocess.Popen:
 @needs_openssl
 @pytest.mark.timeout(120)
 def test_sigterm_stops_the_bench_and_everything_it_started(tmp_path):
+    # {"securechat", "openssl"}: some round of each is running when the signal comes.
+    _sigterm_stops_everything([str(SCRIPTS / "bench.py"), "--size", "64MiB", "--rounds", "50"],
+                              {"securechat", "openssl"}, wait=30)
+
+
+def _sigterm_stops_everything(args: list[str], children: set[str], wait: float) -> None:
+    """Start the script, SIGTERM it once `children` run: it exits with 128+SIGTERM, and nothing it
+    started is left (checked at once: the script returns only after its children are gone)."""
     marker = f"SECURECHAT_TEST_SCRIPT={uuid.uuid4().hex}"  # inherited by all it starts
-    script = _start_script([str(SCRIPTS / "bench.py"), "--size", "64MiB", "--rounds", "50"], marker)
+    script = _start_script(args, marker)
     try:
-        _wait_for_children(script.pid, {"securechat", "openssl"})  # some round of each is running
+        _wait_for_children(script.pid, children)
         script.send_signal(signal.SIGTERM)
-        assert script.wait(30) == 128 + signal.SIGTERM
-        # Checked at once: the script returns only after its children are gone.
+        assert script.wait(wait) == 128 + signal.SIGTERM
         assert processes_of_this_run(marker) == {}
     finally:
         stop_process_group(script)

@@ -10,19 +10,8 @@ import sys
 
 import pytest
 
-from conftest import files_in, partial_files, securechat_command, sparse_file, wait_for_temp_file
-
-
-def run(args, cwd, timeout=60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(securechat_command() + args, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, **kw)
-
-
-def make_image(path, size=300_000) -> str:
-    """A JPEG-looking file of random bytes; returns its SHA-256."""
-    data = b"\xff\xd8\xff\xe0" + os.urandom(size)
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+from helpers.commands import run
+from helpers.files import JPEG_MAGIC, files_in, partial_files, random_file, sparse_file, wait_for_temp_file
 
 
 def assert_no_traceback(*texts: str) -> None:
@@ -50,14 +39,14 @@ def test_chat_both_ways_and_private_lines(room):
 
 def test_image_each_way_verified_then_tamper_caught_by_verify(room, tmp_path):
     alice = room.join("alice")
-    digest = make_image(tmp_path / "photo.jpg")
+    digest = random_file(tmp_path / "photo.jpg", 300_000, prefix=JPEG_MAGIC)
     alice.send(f"/send {tmp_path / 'photo.jpg'}")
     got = room.server.wait_event("file_received", name="photo.jpg")
     assert got["sha256"] == digest and got["from"] == "alice"
     delivered = alice.wait_event("file_delivered", to="server")
     assert delivered["sha256"] == digest
 
-    back = make_image(tmp_path / "image_to_send.jpg", 200_000)
+    back = random_file(tmp_path / "image_to_send.jpg", 200_000, prefix=JPEG_MAGIC)
     room.server.send(f"SEND_IMAGE {tmp_path / 'image_to_send.jpg'}")
     received = alice.wait_event("file_received", name="image_to_send.jpg")
     assert received["sha256"] == back
@@ -82,10 +71,10 @@ def test_image_each_way_verified_then_tamper_caught_by_verify(room, tmp_path):
 
 def test_same_name_twice_never_overwrites(room, tmp_path):
     alice = room.join("alice")
-    make_image(tmp_path / "a.jpg", 1000)
+    random_file(tmp_path / "a.jpg", 1000, prefix=JPEG_MAGIC)
     alice.send(f"/send {tmp_path / 'a.jpg'}")
     room.server.wait_event("file_received", name="a.jpg")
-    make_image(tmp_path / "a.jpg", 1000)
+    random_file(tmp_path / "a.jpg", 1000, prefix=JPEG_MAGIC)
     alice.send(f"/send {tmp_path / 'a.jpg'}")
     room.server.wait_event("file_received", name="a (1).jpg")
     assert run(["verify", str(tmp_path / "server-downloads")], tmp_path).returncode == 0

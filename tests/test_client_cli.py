@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from conftest import securechat_command
+from helpers.commands import securechat_command
 from securechat import frames
 from securechat.tls import server_context
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securechat import der
-from securechat.certs import CertsLayout, load_cert, load_key
+from securechat.certs import CertsLayout, load_cert
 from securechat.identity import client_certificate_problem, name_problem, server_certificate_problem
 from securechat.revocation import revoke, revoked_serials
 

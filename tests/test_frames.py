@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from securechat import frames
 from securechat.errors import LocalProtocolError, RemoteProtocolError
 
+from helpers.network import control_frame
+
 SAMPLES = [
     frames.Hello(version=2, software="x"),
     frames.Welcome(you="alice", server="server", members=["alice", "server"]),
@@ -32,11 +34,6 @@ SAMPLES = [
     frames.Notice(text="nobody named 'x' is here"),
     frames.Bye(reason="left"),
 ]
-
-
-def control(obj) -> bytes:
-    payload = json.dumps(obj).encode()
-    return frames.HEADER.pack(frames.KIND_CONTROL, len(payload)) + payload
 
 
 def decode_all(data: bytes) -> list:
@@ -109,17 +106,17 @@ def test_exactly_at_the_limit_is_accepted():
         (frames.HEADER.pack(frames.KIND_CHUNK, 4) + b"\0\0\0\1", "no data"),
         (frames.HEADER.pack(0x7F, 1) + b"x", "unknown frame kind"),
         (frames.HEADER.pack(frames.KIND_CONTROL, 2) + b"\xff\xfe", "UTF-8"),
-        (control({"type": "chat"}), "lacks 'text'"),
-        (control({"type": "nonsense"}), "unknown message type"),
-        (control([1, 2]), "not a JSON object"),
-        (control({"type": "chat", "text": 5}), "not valid"),
-        (control({"type": "offer", "id": -1, "name": "x", "size": 1}), "not valid"),
-        (control({"type": "offer", "id": 1, "name": "x", "size": True}), "not valid"),
-        (control({"type": "offer", "id": 1, "name": "x", "size": 1.5}), "not valid"),
-        (control({"type": "offer", "id": 2**32, "name": "x", "size": 1}), "not valid"),
-        (control({"type": "end", "id": 1, "sha256": "A" * 64}), "not valid"),
-        (control({"type": "chat", "text": "x" * (frames.MAX_TEXT_BYTES + 1)}), "not valid"),
-        (control({"type": "offer", "id": 1, "name": "x", "size": float("nan")}), "JSON does not allow"),
+        (control_frame({"type": "chat"}), "lacks 'text'"),
+        (control_frame({"type": "nonsense"}), "unknown message type"),
+        (control_frame([1, 2]), "not a JSON object"),
+        (control_frame({"type": "chat", "text": 5}), "not valid"),
+        (control_frame({"type": "offer", "id": -1, "name": "x", "size": 1}), "not valid"),
+        (control_frame({"type": "offer", "id": 1, "name": "x", "size": True}), "not valid"),
+        (control_frame({"type": "offer", "id": 1, "name": "x", "size": 1.5}), "not valid"),
+        (control_frame({"type": "offer", "id": 2**32, "name": "x", "size": 1}), "not valid"),
+        (control_frame({"type": "end", "id": 1, "sha256": "A" * 64}), "not valid"),
+        (control_frame({"type": "chat", "text": "x" * (frames.MAX_TEXT_BYTES + 1)}), "not valid"),
+        (control_frame({"type": "offer", "id": 1, "name": "x", "size": float("nan")}), "JSON does not allow"),
     ],
 )
 def test_malformed_input_raises_only_protocol_errors(data, reason):
@@ -156,7 +153,7 @@ def test_decoder_stays_failed():
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility():
-    assert decode_all(control({"type": "who", "future": 1})) == [frames.Who()]
+    assert decode_all(control_frame({"type": "who", "future": 1})) == [frames.Who()]
 
 
 def test_encoder_refuses_invalid_messages():
@@ -216,7 +213,7 @@ def test_random_bytes_parse_or_raise_protocol_error(data):
 def test_random_json_of_any_type_parses_or_raises_protocol_error(value, kind):
     obj = {"type": kind, "id": value, "text": value, "name": value, "names": value, "size": value, "ok": value}
     try:
-        decode_all(control(obj))
+        decode_all(control_frame(obj))
     except RemoteProtocolError:
         pass
 

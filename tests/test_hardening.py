@@ -19,7 +19,7 @@ from securechat import frames
 from securechat.filenames import safe_filename
 from securechat.partials import PARTIAL_DIR
 
-from conftest import files_in
+from helpers.files import files_in
 
 
 def results(raw, count: int, timeout: float = 20) -> dict[int, frames.Result]:

@@ -13,13 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import securechat_command
+from helpers.commands import run
 from securechat.certs import CertsLayout
-
-
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(securechat_command() + args, cwd=cwd, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:

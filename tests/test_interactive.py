@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from conftest import securechat_command, sparse_file
-from test_terminal import Tmux
+from helpers.commands import securechat_command
+from helpers.files import sparse_file
+from helpers.terminal import Tmux
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
 

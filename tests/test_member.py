@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from client_helpers import RecordingConsole, ServerEnd
+from helpers.client import RecordingConsole, ServerEnd
 from securechat import frames
 from securechat.commands import PrivateMessage, Quit, Say, SendFile, Who
 from securechat.member import attach_operator
@@ -159,10 +159,10 @@ def test_an_eof_is_known_by_its_type_or_library_reason():
     assert not _is_eof(lookalike)  # the old text search took this for a clean end
 
 
-def test_the_threaded_server_serves_its_operator_over_a_plain_socketpair(pki, tmp_path):
+def test_the_server_serves_its_operator_over_a_plain_socketpair(pki, tmp_path):
     """No certificate on the operator's connection: its identity is given, and the room has it
     before the listener opens (so every client's welcome names the operator)."""
-    from securechat.server import Server
+    from securechat.srv.serve import Server
 
     console = RecordingConsole()
     server = Server(pki, "127.0.0.1", 0, Downloads(tmp_path / "downloads"), console)

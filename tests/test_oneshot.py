@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 
-from conftest import securechat_command
+from helpers.commands import securechat_command
 
 
 def run(args, cwd, env=None, timeout=60) -> subprocess.CompletedProcess:

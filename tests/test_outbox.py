@@ -6,12 +6,12 @@ import time
 import pytest
 
 from securechat.errors import ConnectionLost, PeerTooSlow
-from securechat.outbox import CONTROL_LIMIT, DATA_HIGH_WATER, DATA_LOW_WATER, Outbox
+from securechat.outbox import CONTROL_LIMIT, DATA_HIGH_WATER, DATA_LOW_WATER, SendQueue
 
 
-def make() -> tuple[Outbox, list]:
+def make() -> tuple[SendQueue, list]:
     wakes: list = []
-    return Outbox(lambda: wakes.append(1)), wakes
+    return SendQueue(lambda: wakes.append(1)), wakes
 
 
 def test_control_overtakes_data_but_data_keeps_its_order():

@@ -15,20 +15,13 @@ from securechat.errors import TransferError, UsageError
 from securechat.partials import KEEP_FOR, MAX_PER_SENDER, PARTIAL_DIR, Sidecar
 from securechat.transfer import Downloads
 
-from conftest import partial_files, securechat_command
-from test_transfer import incoming_file
+from helpers.commands import securechat_command
+from helpers.files import incoming_file, partial_files
 
 BYTES_PER_SENDER_ENV = "SECURECHAT_PARTIAL_BYTES_PER_SENDER"  # documented in docs/security.md
 
 DATA = bytes(range(256)) * 40_000  # ~10 MB: two checkpoints and a tail
 SHA = hashlib.sha256(DATA).hexdigest()
-
-
-@pytest.fixture
-def downloads(tmp_path):
-    d = Downloads(tmp_path / "dl")
-    yield d
-    d.close()
 
 
 def partial_area(downloads: Downloads) -> set[str]:

@@ -4,26 +4,10 @@ and the bytes sent again are measured. Real processes, real TLS, on 127.0.0.1.""
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
-from conftest import file_sha256, partial_files, wait_for_temp_file
+from helpers.files import MiB, file_sha256, partial_files, random_file, wait_for_temp_file
 from securechat.partials import CHECKPOINT_EVERY
-
-MiB = 1024 * 1024
-
-
-def random_file(path: Path, size: int) -> str:
-    """A file of `size` bytes no two MiB of which are alike; its SHA-256."""
-    digest = hashlib.sha256()
-    block = os.urandom(MiB)
-    with open(path, "wb") as f:
-        for i in range(size // MiB):
-            piece = i.to_bytes(8, "big") + block[8:]
-            f.write(piece)
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def kill_when_received(proc, folder: Path, at_least: int) -> tuple[int, Path]:

@@ -14,12 +14,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securechat.certs import CertsLayout, generate, load_cert, load_key, new_key
+from securechat.certs import CertsLayout, generate, load_cert, load_key, new_key, save_pair
 from securechat.connection import connect
 from securechat.errors import ConnectionFailed
 from securechat.tls import ClientFiles, client_context, server_context
-from conftest import securechat_command
-from test_tls import OneShotServer, presenting
+
+from helpers.commands import securechat_command
+from helpers.tls import OneShotServer, presenting
 
 
 def build_client(layout: CertsLayout, name: str, folder, *, not_before=None, not_after=None,
@@ -47,9 +48,7 @@ def build_client(layout: CertsLayout, name: str, folder, *, not_before=None, not
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    save_pair(cert, key, cert_path, key_path, force=True)
     return ClientFiles(layout.ca_cert, cert_path, key_path)
 
 
@@ -128,14 +127,6 @@ def own_pki(tmp_path):
 REVOKED_LINE = "error: your certificate was revoked by the server's operator\n"
 
 
-def _stderr_after_exit(proc, grace: float = 0.3) -> str:
-    deadline = time.monotonic() + 5
-    while not proc.stderr_lines and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(grace)  # the reader thread: a second line would be here by now
-    return "".join(proc.stderr_lines)
-
-
 @pytest.mark.timeout(120)
 def test_revoked_client_is_dropped_and_refused_on_its_next_connection(make_room, own_pki, tmp_path):
     """Dropped while connected, and refused at its next connection: one line, exit 1, no reconnecting."""
@@ -146,7 +137,7 @@ def test_revoked_client_is_dropped_and_refused_on_its_next_connection(make_room,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "revoked alice" in done.stdout
     assert alice.wait_exit() == 1
-    assert _stderr_after_exit(alice) == REVOKED_LINE
+    assert alice.stderr_after_exit() == REVOKED_LINE
     assert alice.count("reconnecting") == 0
     bob.wait_event("left", name="alice")
     again = subprocess.run(securechat_command() + ["join", "127.0.0.1", "--port", str(room.port), "--certs",
@@ -194,7 +185,6 @@ def test_sslkeylogfile_writes_nothing_on_the_server(make_room, tmp_path):
 
 
 def test_gen_certs_passphrase_never_from_argv(tmp_path):
-    from conftest import securechat_command
     import subprocess
 
     env = {**os.environ, "SECURECHAT_CA_PASSPHRASE": "correct horse"}

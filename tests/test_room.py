@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import signal
 
-from conftest import sparse_file, wait_for_temp_file
+from helpers.files import random_file as make_file
+from helpers.files import sparse_file, wait_for_temp_file
 from securechat.frames import MAX_TEXT_BYTES
-from securechat.outbox import STALL_TIMEOUT
-from securechat.room import ACCEPT_TIMEOUT
-
-
-def make_file(path, size: int) -> str:
-    data = os.urandom(size)
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+from securechat.srv.room import ACCEPT_TIMEOUT
+from securechat.srv.sendqueue import STALL_TIMEOUT
 
 
 def test_four_people_chat_and_swap_photos(room, tmp_path):

@@ -4,16 +4,15 @@ hostile member can no longer do to the others (issue 11 items 3, 6, 9, 9a, 10)."
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 
 import pytest
 
-from conftest import RawClient
+from helpers.network import RawClient, bye_reason, control_frame
 from securechat import frames
 from securechat.certs import generate
-from securechat.server import OFFER_BURST, OFFER_RATE
+from securechat.srv.room import OFFER_BURST, OFFER_RATE
 from securechat.tls import ClientFiles
 
 CROWD = 40
@@ -26,18 +25,6 @@ def crowd_pki(tmp_path_factory):
     return certs
 
 
-def control(obj: dict) -> bytes:
-    """A CONTROL frame from raw JSON text: lets a test send what our encoder would refuse."""
-    payload = json.dumps(obj, ensure_ascii=True).encode()  # "\udcff" travels as a valid JSON escape
-    return frames.HEADER.pack(frames.KIND_CONTROL, len(payload)) + payload
-
-
-def bye_reason(got: list) -> str:
-    byes = [f for f in got if isinstance(f, frames.Bye)]
-    assert byes, f"no bye before the close: {got}"
-    return byes[-1].reason
-
-
 @pytest.mark.parametrize("frame", [
     {"type": "offer", "id": 1, "name": "s\udcff.txt", "size": 5, "sha256": "ab" * 32},
     {"type": "chat", "text": "hi \udcff"},
@@ -48,7 +35,7 @@ def test_a_lone_surrogate_closes_only_its_senders_connection(room, raw_client, f
     raw = raw_client(room.port)
     raw.hello()
     bob.wait_event("joined", name="dave")
-    raw.send_bytes(control(frame))
+    raw.send_bytes(control_frame(frame))
     assert "not valid" in bye_reason(raw.frames_until_closed())
     left = bob.wait_event("left", name="dave")
     assert "internal error" not in left["reason"] and "Unicode" not in left["reason"]
@@ -115,7 +102,7 @@ def test_simultaneous_joins_all_see_each_other(make_room, crowd_pki):
                 assert frame is not None, f"{name}'s connection closed"
                 if isinstance(frame, frames.Presence):
                     view.difference_update(d["name"] for d in frame.left)
-                    view.update(frame.joined)
+                    view.update(n for n in frame.joined if n != name)  # your own arrival: ignored
                 elif isinstance(frame, frames.Chat) and frame.text == "sync" or isinstance(frame, frames.Who):
                     break
             assert view == (set(names) | {"server"}) - {name}, f"{name} misses {(set(names) | {'server'}) - {name} - view}"
@@ -177,6 +164,7 @@ def test_a_reconnect_naming_its_session_replaces_only_that_connection(room, raw_
         while not (isinstance(frame, frames.Chat) and frame.text == "who is left?"):
             assert frame is not None
             frame = survivor.next_frame()
+    bob.wait_event("joined", name="dave")  # announced in the batch sent ahead of bob's line
     assert bob.count("left", name="dave") == 0 and bob.count("joined", name="dave") == 1
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from members import Hall, presence
+from helpers.hall import Hall, presence
 from securechat import frames
 from securechat.errors import RemoteProtocolError
 from securechat.identity import same_name

@@ -8,15 +8,10 @@ import time
 
 import pytest
 
-from conftest import files_in, sparse_file, wait_for_temp_file
+from helpers.files import files_in, sparse_file, wait_for_temp_file
+from helpers.network import bye_reason
 from securechat import frames
 from securechat.partials import PARTIAL_DIR
-
-
-def bye_reason(got: list) -> str:
-    byes = [f for f in got if isinstance(f, frames.Bye)]
-    assert byes, f"no bye before the close: {got}"
-    return byes[-1].reason
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 
 import pytest
 
@@ -13,15 +12,7 @@ from securechat.checksums import read_sums
 from securechat.errors import TransferError, UsageError
 from securechat.transfer import Downloads, FileSource, IncomingFile
 
-from conftest import files_in
-
-
-def incoming_file(downloads: Downloads, name: str, size: int, sha: str, sender: str = "alice"):
-    """An IncomingFile, once it has said where to continue: (it, offset, note)."""
-    ready: queue.Queue = queue.Queue()
-    incoming = IncomingFile(downloads, name, size, sha, sender, lambda offset, note: ready.put((offset, note)))
-    offset, note = ready.get(timeout=10)
-    return incoming, offset, note
+from helpers.files import files_in, incoming_file
 
 
 def receive(downloads: Downloads, name: str, data: bytes, sha: str | None = None):
@@ -34,13 +25,6 @@ def receive(downloads: Downloads, name: str, data: bytes, sha: str | None = None
 
 def leftovers(folder) -> list[str]:
     return [f for f in files_in(folder) if f != "SHA256SUMS" and "/" in f]
-
-
-@pytest.fixture
-def downloads(tmp_path):
-    d = Downloads(tmp_path / "dl")
-    yield d
-    d.close()
 
 
 def test_publish_verified_file(downloads):

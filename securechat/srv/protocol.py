@@ -105,7 +105,7 @@ class ServerProtocol:
                 del self._downloads[frame.id]
                 return frame
             case frames.Hello():
-                raise RemoteProtocolError("hello sent twice")
+                raise RemoteProtocolError("a client may not send 'hello' twice")
             case _ if isinstance(frame, _CLIENT_SENDS):
                 return frame
         raise RemoteProtocolError(f"a client may not send {frame.TYPE!r}")
