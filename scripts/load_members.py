@@ -44,6 +44,7 @@ from securechat.tls import ClientFiles, client_context  # noqa: E402
 READ_SIZE = 256 * 1024
 CHAT_PREFIX = b'{"type":"chat"'  # the server encodes compactly with "type" first (frames.encode)
 PRESENCE_PREFIX = b'{"type":"presence"'
+ROSTER_SAMPLE = 64  # members per worker that track exactly whom they see
 # A timed line's text is "L <send ns> <round> <worker>.<i>": found with bytes.find, not json.loads,
 # so that reading a line costs the generator little next to what sending it cost the server.
 TIMED_TEXT = b'"text":"L '
@@ -66,7 +67,10 @@ class Member:
         self.mask = 0  # what the selector waits for on this socket now
         self.counted = False  # ready when the lines started: one that got in later would inflate the count
         self.source = ""  # the local address it connects from
-        self.roster = 0  # others in the room it sees (the operator included): welcome, then every presence batch
+        # Others in the room it sees (the operator included): welcome, then every presence batch.
+        # Presence is idempotent (protocol 3), so only a set counts right; sets for all of 5,000
+        # members would cost the generator a gigabyte, so a sample of members keeps one.
+        self.roster: set[str] | None = None
 
 
 class Worker:
@@ -77,6 +81,8 @@ class Worker:
         self.selector = selectors.DefaultSelector()
         certs = Path(job["certs"])
         self.members = [Member(name, client_context(ClientFiles.from_certs_dir(certs, name))) for name in job["names"]]
+        for member in self.members[:: max(1, len(self.members) // ROSTER_SAMPLE)]:
+            member.roster = set()
         self.latencies_ms = array("d")
         self.deliveries = 0  # of the current round's lines
         self.late = 0  # lines of an earlier round that arrived during this one
@@ -229,7 +235,9 @@ class Worker:
     def presence_in(self, member: Member, message: dict) -> None:
         """A batch: apply `left`, then `joined` (docs/protocol.md); one who left and came back is in both."""
         left, joined = message.get("left") or [], message.get("joined") or []
-        member.roster += len(joined) - len(left)
+        if member.roster is not None:
+            member.roster.difference_update(d["name"] for d in left)
+            member.roster.update(n for n in joined if n != member.name)  # its own arrival: ignored
         self.presence_frames += 1
         self.presence_names += len(joined) + len(left)
 
@@ -237,7 +245,8 @@ class Worker:
         kind = message.get("type")
         if kind == "welcome":
             member.state, member.ready_at = "ready", time.monotonic()
-            member.roster = len(message.get("members") or [])
+            if member.roster is not None:
+                member.roster = set(message.get("members") or [])
         elif kind == "bye":
             member.closed_reason = f"bye: {message.get('reason', '')}"
         elif kind == "notice":
@@ -381,7 +390,7 @@ def report(line: dict) -> None:
 
 
 def roster_sizes(members: list[Member]) -> dict:
-    sizes = [m.roster for m in members if m.state == "ready"]
+    sizes = [len(m.roster) for m in members if m.state == "ready" and m.roster is not None]
     return {"min": min(sizes, default=None), "max": max(sizes, default=None)}
 
 

@@ -135,6 +135,10 @@ class Admissions:
             self._count += 1
             return None
 
+    def pending(self, source: str) -> int:
+        with self._lock:
+            return self._pending.get(source, 0)
+
     def leave(self, source: str) -> None:
         with self._lock:
             self._count -= 1

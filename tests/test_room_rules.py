@@ -339,3 +339,11 @@ def test_token_bucket_debt_says_when_to_read_again():
     bucket.take(10.0)
     assert bucket.ready_at(10.0) == pytest.approx(11.0)  # two tokens of debt at 2 per second
     assert bucket.ready_at(11.0) == 11.0
+
+
+def test_a_sender_hears_its_recipient_left_before_the_transfer_was_cut_off(hall):
+    bob, carol, relayed = relay_to_carol(hall)  # carol arrived less than a batch ago
+    hall.leave(carol, "network down", clean=False)
+    told = [f for f in bob.got if isinstance(f, (frames.Presence, frames.Result))]
+    assert isinstance(told[-1], frames.Result) and told[-1].interrupted
+    assert ("left", "carol") in presence(told[:-1])  # so bob waits for her return to resend

@@ -145,9 +145,13 @@ class Room:
         if not member.in_room:
             return []
         self._remove(member, reason)
-        actions = self._forget(member, f"{member.name} left ({reason})" if reason else f"{member.name} left",
+        settled = self._forget(member, f"{member.name} left ({reason})" if reason else f"{member.name} left",
                                interrupted)
-        return actions + self._presence_if_due(now)
+        if settled and member.name not in self._members:
+            # Its senders hear it left before they hear their transfers were cut off: a sender
+            # offers an interrupted file again at once to anyone still present.
+            return self._presence_now(now) + settled
+        return settled + self._presence_if_due(now)
 
     def _remove(self, member: Member, reason: str | None) -> None:
         """`reason` None: replaced by a reconnect, which is no departure."""
