@@ -1,8 +1,9 @@
-"""A token bucket with the clock passed in: pure, so its rules are tested without sleeping."""
+"""Token buckets with the clock passed in (pure, so their rules are tested without sleeping), and a member's budgets."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 
 class TokenBucket:
@@ -46,3 +47,26 @@ class TokenBucket:
         with self._lock:
             self._refill(now)
             return now if self._tokens >= 0 else now + (-self._tokens) / self.rate
+
+
+CHAT_RATE = 20.0  # lines per second a member may send, on average
+CHAT_BURST = 60  # lines a member may send at once
+# Offers a member may make per second, and at once. Each offer puts a line on every
+# screen and a partial on every disk: a flood (70/s measured) is slowed to this by not
+# reading the member's connection until the bucket is out of debt; nothing is refused.
+OFFER_RATE = 2.0
+OFFER_BURST = 16
+WARNING_INTERVAL = 1.0  # seconds between two "too many lines" notices to one member
+
+
+@dataclass
+class MemberBudget:
+    """One identity's budgets (shared by all its connections: 32 of them must not buy 32 times as much)."""
+
+    chat: TokenBucket
+    offers: TokenBucket
+    warned_at: float = -WARNING_INTERVAL
+
+    @classmethod
+    def fresh(cls, now: float) -> "MemberBudget":
+        return cls(TokenBucket(CHAT_RATE, CHAT_BURST, now), TokenBucket(OFFER_RATE, OFFER_BURST, now))

@@ -7,7 +7,6 @@ import signal
 from helpers.files import random_file as make_file
 from helpers.files import sparse_file, wait_for_temp_file
 from securechat.frames import MAX_TEXT_BYTES
-from securechat.srv.room import ACCEPT_TIMEOUT
 from securechat.srv.sendqueue import STALL_TIMEOUT
 
 
@@ -77,22 +76,6 @@ def test_frozen_member_does_not_delay_a_file_and_lines_between_others(room, tmp_
         carol.popen.send_signal(signal.SIGCONT)
     for i in range(20):  # and nothing was lost for her either
         carol.wait_event("message", text=f"line {i}")
-
-
-def test_recipient_frozen_before_the_offer_is_left_out_after_the_accept_limit(room, tmp_path):
-    alice, bob, carol = room.join("alice"), room.join("bob"), room.join("carol")
-    carol.popen.send_signal(signal.SIGSTOP)
-    try:
-        digest = make_file(tmp_path / "big.bin", 64 * 1024 * 1024)  # far more than the queues hold
-        alice.send(f"/send {tmp_path / 'big.bin'}")
-        timeout = ACCEPT_TIMEOUT + 30
-        assert "did not answer the offer" in alice.wait_event("file_failed", to="carol", timeout=timeout)["reason"]
-        for member in (bob, room.server):
-            assert member.wait_event("file_received", name="big.bin", timeout=timeout)["sha256"] == digest
-        alice.wait_event("file_delivered", to="bob")
-        alice.wait_event("file_delivered", to="server")
-    finally:
-        carol.popen.send_signal(signal.SIGCONT)
 
 
 def test_recipient_frozen_mid_transfer_is_dropped_after_the_stall_limit(room, tmp_path):

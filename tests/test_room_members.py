@@ -12,7 +12,7 @@ import pytest
 from helpers.network import RawClient, bye_reason, control_frame
 from securechat import frames
 from securechat.certs import generate
-from securechat.srv.room import OFFER_BURST, OFFER_RATE
+from securechat.ratelimit import OFFER_BURST, OFFER_RATE
 from securechat.tls import ClientFiles
 
 CROWD = 40

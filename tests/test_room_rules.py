@@ -10,7 +10,8 @@ from securechat.errors import RemoteProtocolError
 from securechat.identity import same_name
 from securechat.ratelimit import TokenBucket
 from securechat.srv.presence import PRESENCE_INTERVAL
-from securechat.srv.room import ACCEPT_TIMEOUT, CHAT_BURST, MAX_CONNECTIONS_PER_IDENTITY, OFFER_BURST, OFFER_RATE
+from securechat.ratelimit import CHAT_BURST, OFFER_BURST, OFFER_RATE
+from securechat.srv.room import ACCEPT_TIMEOUT, MAX_CONNECTIONS_PER_IDENTITY
 
 SHA = "ab" * 32
 

@@ -18,25 +18,20 @@ from __future__ import annotations
 
 import selectors
 import socket
-import ssl
 import time
 from typing import Callable
 
 from .. import frames
-from ..admission import BYE_REVOKED, REVOKED_REASON, Admissions, CrlInForce, check_peer, source_key
-from ..errors import ConnectionLost, LocalProtocolError, RemoteProtocolError, SecureChatError
-from ..connection import tune_socket
-from ..tls import HANDSHAKE_TIMEOUT, describe_tls_failure
+from ..admission import Admissions, CrlInForce
+from ..errors import ConnectionLost, LocalProtocolError, RemoteProtocolError
+from ..tls import HANDSHAKE_TIMEOUT
 from .actions import Action, Close, Fanout, PauseReading, Send, SendData
+from .admitting import HELLO_TIMEOUT, Admitting
+from .ending import Ending
 from .links import Link, State
-from .protocol import ServerProtocol
-from .room import Member, Room
+from .room import Room
 from .sendqueue import STALL_TIMEOUT
 
-HELLO_TIMEOUT = 10.0
-CLOSE_FLUSH_TIMEOUT = 10.0
-LINGER_TIMEOUT = 5.0
-SHUTDOWN_FLUSH_TIMEOUT = 8.0  # the whole of a shutdown's goodbyes: flushing, then lingering
 CRL_POLL_INTERVAL = 0.5  # seconds between checks for a changed CRL, to drop revoked members
 HOUSEKEEPING_INTERVAL = 0.25  # deadlines of handshakes, hellos, closes and stalls are checked this often
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -44,7 +39,7 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 Report = Callable[..., None]  # console.event-like: report("refused", peer=..., reason=...)
 
 
-class Loop:
+class Loop(Admitting, Ending):
     def __init__(self, room: Room, crl: CrlInForce, software: str, report: Report, log_error: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.room = room
@@ -147,87 +142,6 @@ class Loop:
             self._wake_r.recv(4096)
         except OSError:
             pass
-
-    # ------------------------------------------------------------ accepting and handshakes
-
-    def _accept(self) -> None:
-        assert self._listener is not None
-        for _ in range(64):  # a burst of connections, but bounded: others wait their turn too
-            try:
-                raw, addr = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # e.g. EMFILE: keep serving those already in
-            source = source_key(addr[0])
-            refusal = self._admissions.enter(source)
-            if refusal is not None and self._catch_up(source):
-                refusal = self._admissions.enter(source)
-            if refusal is not None:
-                raw.close()
-                if self._admissions.should_report(source, self._clock()):
-                    self._report("refused", peer=addr[0], reason=refusal)
-                continue
-            tune_socket(raw)
-            raw.setblocking(False)
-            sock = self.crl.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-            now = self._clock()
-            link = Link(sock, addr[0], source, State.HANDSHAKE, now + HANDSHAKE_TIMEOUT, now)
-            self._links.add(link)
-            self._unsettled.add(link)
-            self._watch(link, _READ)
-            self._handshake(link)
-
-    def _catch_up(self, source: str) -> bool:
-        """Advance `source`'s handshakes whose next flight may be waiting unread; True if any ended.
-
-        In TLS 1.3 a client is done once it has sent its Finished; the server still has to read
-        it and check the certificate. A client that reconnects at once runs ahead of a busy loop,
-        and its finished handshakes would count against its cap of 16 and get it refused."""
-        before = self._admissions.pending(source)
-        for link in [link for link in self._unsettled if link.state is State.HANDSHAKE and link.source == source]:
-            self._handshake(link)
-        return self._admissions.pending(source) < before
-
-    def _handshake(self, link: Link) -> None:
-        try:
-            link.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._watch(link, _READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._watch(link, _WRITE)
-            return
-        except ssl.SSLError as exc:
-            self._refused(link, "?", describe_tls_failure(exc))
-            return
-        except OSError as exc:
-            self._refused(link, "?", f"connection broken during the handshake: {exc.strerror or exc}")
-            return
-        self._admissions.leave(link.source)
-        link.source = None
-        # The CRL on disk now, not the one the context was made with: it may be older.
-        name, problem, code = check_peer(link.sock, self._reload_crl(), self.room.operator_name)
-        if problem is not None:
-            self._report("refused", peer=link.peer, name=name, reason=f"{name}: {problem}")
-            link.state = State.GREETING  # so the refusal's hello and bye may be written
-            link.queue.put_control(frames.encode(frames.Hello(version=frames.PROTOCOL_VERSION, software=self.software)))
-            self._close(link, problem, code)
-            return
-        self._open(link, name)
-
-    def _open(self, link: Link, name: str) -> None:
-        link.state = State.GREETING
-        link.deadline = None if link.operator else self._clock() + HELLO_TIMEOUT
-        link.protocol = ServerProtocol(name, self.software)
-        link.member = Member(name, operator=link.operator, link=link)
-        self._links.add(link)
-        self._unsettled.add(link)
-        self._watch(link, _READ)
-
-    def _refused(self, link: Link, name: str, reason: str) -> None:
-        self._report("refused", peer=link.peer, reason=reason)
-        self._linger(link)  # so the TLS alert OpenSSL sent is read, not lost to a reset
 
     # ------------------------------------------------------------ serving one socket
 
@@ -401,70 +315,6 @@ class Loop:
             self._selector.modify(link.sock, events, link)
         link.events = events
 
-    # ------------------------------------------------------------ ending connections
-
-    def _drop(self, link: Link, reason: str, send_bye: bool, clean: bool = False) -> None:
-        """End `link`: the room lets go of its member first, so nobody waits on it."""
-        if link.state in (State.CLOSING, State.LINGER, State.CLOSED):
-            return
-        member = link.member
-        if member is not None and member.in_room:
-            self._act(self.room.leave(member, "" if clean else reason, interrupted=not clean, now=self._clock()))
-        if send_bye:
-            self._close(link, reason, None)
-        else:
-            self._finish(link)
-
-    def _close(self, link: Link, reason: str, code: str | None) -> None:
-        """Say bye after what is queued (control lines first, then the data lane, as always), then linger."""
-        if link.state in (State.CLOSING, State.LINGER, State.CLOSED):
-            return
-        member = link.member
-        if member is not None and member.in_room:
-            self._act(self.room.leave(member, reason, interrupted=True, now=self._clock()))
-        link.queue.put_data(frames.encode(frames.Bye(reason=reason[: frames.MAX_REASON_BYTES // 4], code=code)),
-                            self._clock())
-        link.state, link.why = State.CLOSING, reason
-        link.deadline = self._clock() + CLOSE_FLUSH_TIMEOUT
-        self._unsettled.add(link)
-        self._release(link)
-        self._forget_waits(link)
-        self._watch(link, _WRITE)
-        self._dirty.add(link)
-
-    def _linger(self, link: Link) -> None:
-        if link.source is not None:
-            self._admissions.leave(link.source)
-            link.source = None
-        link.shut_our_half()
-        link.state, link.deadline = State.LINGER, self._clock() + LINGER_TIMEOUT
-        self._links.add(link)
-        self._unsettled.add(link)
-        self._watch(link, _READ)
-
-    def _finish(self, link: Link) -> None:
-        if link.state is State.CLOSED:
-            return
-        if link.source is not None:
-            self._admissions.leave(link.source)
-            link.source = None
-        if link.events:
-            self._selector.unregister(link.sock)
-            link.events = 0
-        self._release(link)
-        self._forget_waits(link)
-        self._links.discard(link)
-        self._unsettled.discard(link)
-        self._holding.discard(link)
-        self._timed_pauses.discard(link)
-        self._again.discard(link)
-        link.close()
-
-    def _forget_waits(self, link: Link) -> None:
-        for recipient in link.waiting_on:
-            recipient.blocking.discard(link)
-        link.waiting_on.clear()
-
     # ------------------------------------------------------------ time
 
     def _housekeeping(self, now: float) -> None:
@@ -485,56 +335,3 @@ class Loop:
         if now >= self._next_crl_poll:
             self._next_crl_poll = now + CRL_POLL_INTERVAL
             self._reload_crl()
-
-    def _reload_crl(self) -> frozenset[int]:
-        """The revoked serials as the CRL on disk says now; on a change, drop the revoked members.
-
-        Called after every handshake (so admission never races a `revoke`) and twice a second."""
-        try:
-            changed = self.crl.refresh()
-        except SecureChatError as exc:
-            self._log_error(f"keeping the previous CRL: {exc}")
-            return self.crl.revoked
-        revoked = self.crl.revoked
-        if changed:
-            for link in list(self._links):
-                if link.state is State.OPEN and not link.operator and _serial(link.sock) in revoked:
-                    self._close(link, REVOKED_REASON, BYE_REVOKED)
-        return revoked
-
-    def _shutdown(self, reason: str) -> None:
-        """Tell everyone, give their queues CLOSE_FLUSH_TIMEOUT to drain, close."""
-        if self._listener is not None:
-            if self._listener.fileno() in (key.fd for key in self._selector.get_map().values()):
-                self._selector.unregister(self._listener)
-            self._listener.close()
-        for link in list(self._links):
-            if link.operator or link.state is State.HANDSHAKE:
-                self._finish(link)  # the operator is told by Server.shutdown, in this process
-            elif link.state in (State.GREETING, State.OPEN):
-                self._close(link, reason, None)
-        # Flushing and lingering, bounded: a reset from closing with unread input could
-        # destroy the bye before a client reads it.
-        deadline = self._clock() + SHUTDOWN_FLUSH_TIMEOUT
-        while self._unsettled and self._clock() < deadline:
-            for key, mask in self._selector.select(0.1):
-                if isinstance(key.data, Link):
-                    self._serve(key.data, mask)
-            self._write_dirty()
-            now = self._clock()
-            for link in list(self._unsettled):
-                if link.deadline is not None and now >= link.deadline:
-                    self._linger(link) if link.state is State.CLOSING else self._finish(link)
-        for link in list(self._links):
-            self._finish(link)
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
-
-
-def _serial(sock: socket.socket) -> int | None:
-    try:
-        cert = sock.getpeercert()  # type: ignore[attr-defined]
-    except (AttributeError, ValueError, OSError):
-        return None
-    return int(cert["serialNumber"], 16) if cert else None

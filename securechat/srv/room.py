@@ -1,26 +1,23 @@
 """The room as a pure state machine: who is present, chat fan-out, files relayed.
 
-No sockets, threads, locks, timers or callbacks. The server's loop tells the
-room what happened (`join`, `handle`, `leave`, `tick`), always with the time
-`now`, and carries out the actions it gets back (actions.py). So every rule
-with a deadline is tested with a fake clock in milliseconds (tests/test_room*.py).
+No sockets, threads, locks, timers or callbacks. The server's loop tells the room
+what happened (`join`, `handle`, `leave`, `tick`), always with the time `now`, and
+carries out the actions it gets back (actions.py); so every rule with a deadline
+is tested with a fake clock in milliseconds (tests/test_room_rules.py).
 
-A file is relayed, not stored. The offer goes to every recipient, and each
-answers with the offset it wants the bytes from (it may hold part of the file
-from an interrupted attempt); once all have answered (or ACCEPT_TIMEOUT
-passed), the sender is told the smallest offset and starts there. Each chunk
-is framed once and the same bytes go to every recipient, minus the leading
-bytes a recipient already has. The SHA-256 each recipient checks is the one
-the original sender computed; the server never vouches for a file's content.
-Flow control (a full queue pauses the sender) is the loop's: the room never
-knows how full a queue is.
+A file is relayed, not stored. The offer goes to every recipient; each answers
+with the offset it wants the bytes from (it may keep part of the file from an
+interrupted attempt); once all have answered (or ACCEPT_TIMEOUT passed), the
+sender is told the smallest offset. Each chunk is framed once, and each
+recipient gets it from its own offset on. The SHA-256 each recipient checks is
+the original sender's: the server never vouches for a file. Flow control (a full
+queue pauses the sender) is the loop's; the room never knows how full a queue is.
 
-Identities and connections: one identity (certificate name) may have several
-connections at once. It is announced as joined with its first connection and
-as left with its last, in batches (presence.py). Chat reaches every connection
-of its addressee; a file goes to one connection per identity, its newest that
-receives files, so each recipient name gives exactly one verdict. A connection
-naming the session of an older one (a reconnect) replaces only that one. The
+One identity (certificate name) may have several connections: announced as
+joined with its first and as left with its last, in batches (presence.py). Chat
+reaches every connection of its addressee; a file goes to one connection per
+identity (its newest that receives files), so each name gives one verdict. A
+reconnect naming an older connection's session replaces only that one. The
 operator's identity is never taken.
 """
 
@@ -32,7 +29,7 @@ from dataclasses import dataclass, field
 
 from .. import frames
 from ..identity import same_name
-from ..ratelimit import TokenBucket
+from ..ratelimit import CHAT_RATE, WARNING_INTERVAL, MemberBudget
 from .actions import Action, Close, Fanout, PauseReading, Send, SendData
 from .presence import Presence
 
@@ -42,14 +39,6 @@ from .presence import Presence
 ACCEPT_TIMEOUT = 10.0
 # Connections one identity may hold at once (devices, chats, `send` scripts).
 MAX_CONNECTIONS_PER_IDENTITY = 32
-CHAT_RATE = 20.0  # lines per second a member may send, on average
-CHAT_BURST = 60  # lines a member may send at once
-# Offers a member may make per second, and at once. Each offer puts a line on every
-# screen and a partial on every disk: a flood (70/s measured) is slowed to this by not
-# reading the member's connection until the bucket is out of debt; nothing is refused.
-OFFER_RATE = 2.0
-OFFER_BURST = 16
-WARNING_INTERVAL = 1.0  # seconds between two "too many lines" notices to one member
 
 
 @dataclass(eq=False)
@@ -82,13 +71,6 @@ class Relay:
     finished: bool = False  # the sender sent end or abort, or nobody is left
 
 
-@dataclass
-class _Budget:
-    chat: TokenBucket
-    offers: TokenBucket
-    warned_at: float = -WARNING_INTERVAL
-
-
 class Room:
     def __init__(self, operator_name: str, now: float) -> None:
         self.operator_name = operator_name
@@ -98,7 +80,7 @@ class Room:
         self._uploads: dict[tuple[Member, int], Relay] = {}  # (sender, its id) -> relay
         self._expiries: list[tuple[float, int]] = []  # (when, relay id), a heap
         self._ids = itertools.count(1)
-        self._budgets: dict[str, _Budget] = {}  # per identity: 32 connections do not buy 32 budgets
+        self._budgets: dict[str, MemberBudget] = {}  # per identity: 32 connections do not buy 32 budgets
         self.presence = Presence(now)
 
     # ------------------------------------------------------------ members
@@ -224,11 +206,10 @@ class Room:
                 return self._presence_now(now) + [Send(member, frames.Who(names=self.names()))]
         return []  # hello and bye are the loop's
 
-    def _budget(self, name: str, now: float) -> _Budget:
+    def _budget(self, name: str, now: float) -> MemberBudget:
         budget = self._budgets.get(name)
         if budget is None:
-            budget = self._budgets[name] = _Budget(TokenBucket(CHAT_RATE, CHAT_BURST, now),
-                                                   TokenBucket(OFFER_RATE, OFFER_BURST, now))
+            budget = self._budgets[name] = MemberBudget.fresh(now)
         return budget
 
     def _chat(self, member: Member, chat: frames.Chat, now: float) -> list[Action]:
