@@ -53,11 +53,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import children  # noqa: E402
-from securechat.certs import generate  # noqa: E402
-from securechat.connection import connect  # noqa: E402
+
 from securechat.errors import SecureChatError, UsageError  # noqa: E402
-from securechat.tls import ClientFiles, client_context  # noqa: E402
-from securechat.transfer import parse_size  # noqa: E402
+from securechat.files.transfer import parse_size  # noqa: E402
+from securechat.member.connection import connect  # noqa: E402
+from securechat.pki.certs import generate  # noqa: E402
+from securechat.pki.tls import ClientFiles, client_context  # noqa: E402
 
 MB = 1_000_000
 HANDSHAKE_TIMEOUT = 10.0

@@ -6,7 +6,7 @@ is importable (e.g. run from a checkout with `cryptography` installed):
 
     python scripts/gen_certs.py --out certs --client alice --client bob
 
-It calls securechat.certs, so the CA, server and client certificates are
+It calls securechat.pki.certs, so the CA, server and client certificates are
 exactly the ones the CLI makes (see certs/README.md for the layout).
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout without pip install
 
-from securechat.cli import app  # noqa: E402
+from securechat.ui.cli import app  # noqa: E402
 
 if __name__ == "__main__":
     app(args=["gen-certs", *sys.argv[1:]], prog_name="gen_certs.py")

@@ -12,7 +12,7 @@ time, RSS and threads are read from /proc/<pid>. The members are raw protocol
 clients (scripts/load_members.py), each with its own certificate, spread over
 --workers processes of one selectors loop each: the generator must cost well under
 the server per delivery, or it measures itself (issue 12: the old one, a
-securechat.client.Client with threads per member, used more CPU than the server
+securechat.member.client.Client with threads per member, used more CPU than the server
 and reported p99 of seconds at 500 members). Both costs are printed.
 
 Connect: every member from its own loopback address 127.x.y.z (or --sources of
@@ -55,9 +55,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import children  # noqa: E402
 from load_processes import Server, Workers, raise_open_files, running_server  # noqa: E402
-from securechat.certs import generate  # noqa: E402
+
 from securechat.errors import UsageError  # noqa: E402
-from securechat.transfer import parse_size  # noqa: E402
+from securechat.files.transfer import parse_size  # noqa: E402
+from securechat.pki.certs import generate  # noqa: E402
 
 FANOUT_SENDER = "fanout-sender"
 # Every member gets each line at once, so one loop reads a line's copies one after another and the

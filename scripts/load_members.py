@@ -3,7 +3,7 @@
 
 Each member is a raw protocol client written from docs/protocol.md: a non-blocking
 TLS 1.3 socket with its own client certificate, `hello` with a session id, then chat
-lines in and out. No thread per member and no securechat.client: the generator must
+lines in and out. No thread per member and no securechat.member.client: the generator must
 cost well under the server's CPU per delivery, or it measures itself (issue 12: the
 old thread-per-member generator reported p99 of seconds that the server did not cause).
 
@@ -38,8 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from securechat import frames  # noqa: E402
-from securechat.tls import ClientFiles, client_context  # noqa: E402
+from securechat.pki.tls import ClientFiles, client_context  # noqa: E402
+from securechat.wire import frames  # noqa: E402
 
 READ_SIZE = 256 * 1024
 CHAT_PREFIX = b'{"type":"chat"'  # the server encodes compactly with "type" first (frames.encode)

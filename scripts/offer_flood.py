@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from securechat import frames  # noqa: E402
-from securechat.certs import generate  # noqa: E402
-from securechat.tls import ClientFiles, client_context  # noqa: E402
+from securechat.pki.certs import generate  # noqa: E402
+from securechat.pki.tls import ClientFiles, client_context  # noqa: E402
+from securechat.wire import frames  # noqa: E402
 
 OPEN_AT_ONCE = 16
 SENT_BEFORE_ABORT = 1024 * 1024
@@ -41,7 +41,7 @@ SENT_BEFORE_ABORT = 1024 * 1024
 
 def securechat() -> list[str]:
     script = Path(sys.executable).parent / "securechat"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "securechat.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "securechat.ui.cli"]
 
 
 class Member:

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import children  # noqa: E402
 from bench import Events, make_payload  # noqa: E402
 
-from securechat.certs import generate  # noqa: E402
-from securechat.partials import PARTIAL_DIR  # noqa: E402
-from securechat.transfer import parse_size  # noqa: E402
+from securechat.files.partials import PARTIAL_DIR  # noqa: E402
+from securechat.files.transfer import parse_size  # noqa: E402
+from securechat.pki.certs import generate  # noqa: E402
 
 
 def partial_size(folder: Path) -> int:

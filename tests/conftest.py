@@ -11,14 +11,17 @@ import signal
 from pathlib import Path
 
 import pytest
-
-from securechat.certs import generate
-from securechat.tls import ClientFiles
-from securechat.transfer import Downloads
-
 from helpers.commands import Proc
 from helpers.network import CuttingProxy, RawClient, Room
-from helpers.processes import no_process_left_behind, pytest_configure, pytest_sessionfinish  # noqa: F401  (applied here)
+from helpers.processes import (  # noqa: F401  (applied here)
+    no_process_left_behind,
+    pytest_configure,
+    pytest_sessionfinish,
+)
+
+from securechat.files.transfer import Downloads
+from securechat.pki.certs import generate
+from securechat.pki.tls import ClientFiles
 
 # tests/test_room.py (being rewritten with the pure room) still imports these from here.
 

@@ -16,16 +16,23 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from securechat import frames
-from securechat.admission import Admissions, source_key
-from securechat.certs import CertsLayout, _build, generate, load_cert, load_key, new_key, save_pair
-from securechat.client import _is_final
-from securechat.errors import REVOKED_MESSAGE, ConnectionFailed, FailureKind
-from securechat.revocation import revoke
-from securechat.tls import ClientFiles, client_context
-
 from helpers.tls import presenting
+
+from securechat.errors import REVOKED_MESSAGE, ConnectionFailed, FailureKind
+from securechat.member.client import _is_final
+from securechat.pki.certs import (
+    CertsLayout,
+    _build,
+    generate,
+    load_cert,
+    load_key,
+    new_key,
+    save_pair,
+)
+from securechat.pki.tls import ClientFiles, client_context
+from securechat.server.admission import Admissions, source_key
+from securechat.server.revocation import revoke
+from securechat.wire import frames
 
 ATTEMPT_TIMEOUT = 5.0  # well inside the server's 10 s handshake deadline: a correctness bound, not a benchmark
 

@@ -11,13 +11,13 @@ import threading
 import time
 
 import pytest
-
 from helpers.files import sparse_file
-from helpers.network import RawClient
 from helpers.hall import presence
-from securechat import frames
-from securechat.certfiles import CertsLayout
-from securechat.certs import generate, issue_client, load_cert, load_key, save_pair
+from helpers.network import RawClient
+
+from securechat.pki.certfiles import CertsLayout
+from securechat.pki.certs import generate, issue_client, load_cert, load_key, save_pair
+from securechat.wire import frames
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_one_identity_cannot_open_connections_without_end(room, raw_client):
     """Before issue 11 one certificate meant one connection (a second replaced the first). Now one
     identity may have several, and nothing bounded them: one member's script could hold thousands
     of sessions (a thread and ~300 KiB each on the server). Past the cap, a new one is refused."""
-    from securechat.srv.room import MAX_CONNECTIONS_PER_IDENTITY
+    from securechat.rooms.room import MAX_CONNECTIONS_PER_IDENTITY
 
     bob = connect_as(raw_client, room.port, "bob", "bob-chat-1")
     mine = [connect_as(raw_client, room.port, "dave", f"dave-{i:04d}") for i in range(MAX_CONNECTIONS_PER_IDENTITY)]
@@ -245,7 +245,7 @@ def test_accepts_and_verdicts_for_transfers_never_offered_change_nothing(room, r
 def test_presence_of_an_identity_whose_connections_come_and_go_at_once(room, raw_client, pki):
     """Connections of one identity arriving and leaving concurrently: an observer sees dave's
     joined and left strictly alternate, and ends with the room's own answer to who."""
-    from securechat.tls import ClientFiles
+    from securechat.pki.tls import ClientFiles
 
     bob = connect_as(raw_client, room.port, "bob", "bob-watch-1")
     files = ClientFiles.from_certs_dir(pki, "dave")

@@ -21,8 +21,8 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 import securechat
-from securechat.certfiles import CertsLayout, common_name
 from securechat.errors import CertificateError
+from securechat.pki.certfiles import CertsLayout, common_name
 
 PACKAGE = Path(securechat.__file__).parent
 
@@ -36,21 +36,22 @@ def imported_modules(source: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level:  # from . import x
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("securechat."):
-            found.add(node.module.split(".")[1])
+            found.add(node.module.split(".")[-1])
+            found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("securechat.")}
+            found |= {a.name.split(".")[-1] for a in node.names if a.name.startswith("securechat.")}
     return found
 
 
 def test_certfiles_never_imports_certs_or_cryptography():
-    source = PACKAGE / "certfiles.py"
+    source = PACKAGE / "pki" / "certfiles.py"
     assert "certs" not in imported_modules(source)
     absolute = {alias.name for node in ast.walk(ast.parse(source.read_text())) if isinstance(node, ast.Import)
                 for alias in node.names}
     absolute |= {node.module for node in ast.walk(ast.parse(source.read_text()))
                  if isinstance(node, ast.ImportFrom) and not node.level}
     assert not {name for name in absolute if name.split(".")[0] == "cryptography"}
-    assert "certfiles" in imported_modules(PACKAGE / "certs.py")  # the one direction
+    assert "certfiles" in imported_modules(PACKAGE / "pki" / "certs.py")  # the one direction
 
 
 def test_reading_a_name_loads_no_cryptography_even_without_the_ssl_helper(pki):
@@ -59,9 +60,9 @@ def test_reading_a_name_loads_no_cryptography_even_without_the_ssl_helper(pki):
     program = (
         "import ssl, sys\n"
         "if hasattr(ssl._ssl, '_test_decode_cert'): del ssl._ssl._test_decode_cert\n"
-        "import securechat.cli, securechat.srv.serve, securechat.client\n"
+        "import securechat.ui.cli, securechat.server.serve, securechat.member.client\n"
         "from pathlib import Path\n"
-        "from securechat.certfiles import common_name\n"
+        "from securechat.pki.certfiles import common_name\n"
         f"print(common_name(Path({str(CertsLayout(pki).client_cert('alice'))!r})))\n"
         f"print(common_name(Path({str(CertsLayout(pki).server_cert)!r})))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))\n"

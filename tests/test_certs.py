@@ -9,8 +9,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securechat.certs import CertsLayout, check_client_name, generate, load_cert
 from securechat.errors import UsageError
+from securechat.pki.certs import CertsLayout, check_client_name, generate, load_cert
 
 
 def ext(cert, cls):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from securechat.checksums import SUMS_FILENAME, verify_paths
+from securechat.files.checksums import SUMS_FILENAME, verify_paths
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import subprocess
 import threading
 
 import pytest
-
 from helpers.commands import securechat_command
-from securechat import frames
-from securechat.tls import server_context
+
+from securechat.pki.tls import server_context
+from securechat.wire import frames
 
 
 def run(args, cwd, timeout=60, **kw) -> subprocess.CompletedProcess:
@@ -306,7 +306,7 @@ def test_config_type_error_reads_well(tmp_path):
 
 def test_size_limit_counts_the_whole_file_not_what_is_left(tmp_path):
     from securechat.errors import TransferError
-    from securechat.transfer import Downloads, IncomingFile
+    from securechat.files.transfer import Downloads, IncomingFile
 
     downloads = Downloads(tmp_path / "dl")
     size, kept = 1_000_000, b"\0" * 600_000

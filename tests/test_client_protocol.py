@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securechat import frames
-from securechat.client_protocol import MAX_REFUSED_OPEN, ClientProtocol
 from securechat.errors import LocalProtocolError, RemoteProtocolError
+from securechat.wire import frames
+from securechat.wire.client_protocol import MAX_REFUSED_OPEN, ClientProtocol
 
 SHA = "ab" * 32
 OTHER = "cd" * 32

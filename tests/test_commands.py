@@ -4,10 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from securechat.commands import (DEFAULT_IMAGE, Help, PrivateMessage, Quit, Say, SendFile, Who, parse,
-                                 read_commands)
 from securechat.errors import UsageError
-from securechat.frames import MAX_TEXT_BYTES
+from securechat.ui.commands import (
+    DEFAULT_IMAGE,
+    Help,
+    PrivateMessage,
+    Quit,
+    Say,
+    SendFile,
+    Who,
+    parse,
+    read_commands,
+)
+from securechat.wire.frames import MAX_TEXT_BYTES
 
 
 @pytest.mark.parametrize(

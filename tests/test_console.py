@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from securechat import frames
-from securechat.console import Console, show_message, visible
+from securechat.ui.console import Console, show_message, visible
+from securechat.wire import frames
 
 
 def test_visible_escapes_controls_and_bidi_but_keeps_text():
@@ -62,7 +62,7 @@ def test_zwj_emoji_stay_whole_in_chat_but_not_in_file_names_and_bidi_stays_escap
 
 
 def test_typed_errors_read_as_one_plain_line_at_the_terminal(capsys):
-    from securechat.interactive import InteractiveConsole
+    from securechat.ui.interactive import InteractiveConsole
 
     InteractiveConsole().error("no such file: nofile.jpg")
     shown = capsys.readouterr().out
@@ -93,7 +93,7 @@ def test_a_private_file_is_marked_for_its_receiver():
 
 
 def test_progress_label_keeps_names_whole_and_the_size():
-    from securechat.interactive import fit_label
+    from securechat.ui.interactive import fit_label
 
     assert fit_label("photo.jpg", "to", ["bob", "carol", "dave", "erin"], " (1.2 MB)", 28) == \
         "photo.jpg to bob +3 (1.2 MB)"
@@ -106,7 +106,7 @@ def test_progress_label_keeps_names_whole_and_the_size():
 
 
 def test_progress_speed_after_a_resume_counts_only_new_bytes(monkeypatch):
-    import securechat.interactive as interactive
+    import securechat.ui.interactive as interactive
 
     clock = [100.0]
 
@@ -126,8 +126,8 @@ def test_progress_speed_after_a_resume_counts_only_new_bytes(monkeypatch):
 
 
 def test_what_exit_waits_for_and_what_was_not_delivered_are_worded_here():
-    from securechat.console import describe_undelivered, describe_waiting
-    from securechat.outgoing import Awaited, Undelivered
+    from securechat.member.outgoing import Awaited, Undelivered
+    from securechat.ui.console import describe_undelivered, describe_waiting
 
     assert describe_waiting([Awaited("big.bin", ["bob", "carol"], 45), Awaited("all.txt", [], 100),
                              Awaited("new.png")], "Ctrl-C to stop it") == (

@@ -18,10 +18,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securechat import der
-from securechat.certs import CertsLayout, load_cert
-from securechat.identity import client_certificate_problem, name_problem, server_certificate_problem
-from securechat.revocation import revoke, revoked_serials
+from securechat.pki import der
+from securechat.pki.certs import CertsLayout, load_cert
+from securechat.pki.identity import (
+    client_certificate_problem,
+    name_problem,
+    server_certificate_problem,
+)
+from securechat.server.revocation import revoke, revoked_serials
 
 
 def der_of(path) -> bytes:
@@ -71,7 +75,7 @@ def test_a_key_other_than_p256_is_refused():
 
 
 def test_reads_the_serials_of_a_crl(tmp_path):
-    from securechat.certs import generate
+    from securechat.pki.certs import generate
 
     out = tmp_path / "certs"
     generate(out, ["alice", "bob", "carol"], [])

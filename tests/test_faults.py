@@ -5,9 +5,16 @@ from __future__ import annotations
 import signal
 import time
 
-from helpers.files import file_sha256, files_in, partial_files, sparse_file, wait_for_temp_file
+from helpers.files import (
+    file_sha256,
+    files_in,
+    partial_files,
+    sparse_file,
+    wait_for_temp_file,
+)
 from helpers.network import free_port
-from securechat.partials import PARTIAL_DIR
+
+from securechat.files.partials import PARTIAL_DIR
 
 
 def test_connection_cut_mid_transfer_without_reconnect(room, procs, pki, tmp_path, cutting_proxy):

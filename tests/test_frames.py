@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.network import control_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securechat import frames
 from securechat.errors import LocalProtocolError, RemoteProtocolError
-
-from helpers.network import control_frame
+from securechat.wire import frames
 
 SAMPLES = [
     frames.Hello(version=2, software="x"),

@@ -15,7 +15,7 @@ import ssl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securechat import frames
+from securechat.wire import frames
 
 ids = st.integers(0, 3)
 small_text = st.text(max_size=30)

@@ -14,12 +14,11 @@ import threading
 import time
 
 import pytest
-
-from securechat import frames
-from securechat.filenames import safe_filename
-from securechat.partials import PARTIAL_DIR
-
 from helpers.files import files_in
+
+from securechat.files.filenames import safe_filename
+from securechat.files.partials import PARTIAL_DIR
+from securechat.wire import frames
 
 
 def results(raw, count: int, timeout: float = 20) -> dict[int, frames.Result]:

@@ -12,9 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers.commands import run
-from securechat.certs import CertsLayout
+
+from securechat.pki.certs import CertsLayout
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:

@@ -3,13 +3,11 @@ from __future__ import annotations
 import struct
 
 import pytest
+from helpers.files import jpeg, png
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securechat.images import ImageInfo, extension_mismatch, sniff
-
-from helpers.files import jpeg, png
-
+from securechat.files.images import ImageInfo, extension_mismatch, sniff
 
 SAMPLES = {
     "a.png": (png(3, 2), ImageInfo("png", 3, 2)),

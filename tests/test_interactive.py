@@ -8,7 +8,6 @@ import shutil
 import time
 
 import pytest
-
 from helpers.commands import securechat_command
 from helpers.files import sparse_file
 from helpers.terminal import Tmux

@@ -10,12 +10,12 @@ import ssl
 from pathlib import Path
 
 import pytest
-
 from helpers.client import RecordingConsole, ServerEnd
-from securechat import frames
-from securechat.commands import PrivateMessage, Quit, Say, SendFile, Who
-from securechat.member import attach_operator
-from securechat.transfer import Downloads
+
+from securechat.files.transfer import Downloads
+from securechat.member.local import attach_operator
+from securechat.ui.commands import PrivateMessage, Quit, Say, SendFile, Who
+from securechat.wire import frames
 
 SOURCE = Path(__file__).resolve().parent.parent / "securechat"
 
@@ -133,14 +133,16 @@ def _imports(module: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["incoming.py", "outgoing.py", "member.py", "client_protocol.py"])
+@pytest.mark.parametrize("module", ["member/incoming.py", "member/outgoing.py", "member/local.py",
+                                    "wire/client_protocol.py"])
 def test_only_the_console_turns_events_into_text(module):
-    """These modules report events; the console (console.py) alone words them."""
-    assert not any(name == "console" or name.startswith("console.") for name in _imports(module))
+    """These modules report events; the console (ui/console.py) alone words them."""
+    assert not any(name.split(".")[-1] == "console" or ".console." in name for name in _imports(module))
 
 
-@pytest.mark.parametrize("module", ["connection.py", "client.py", "member.py", "oneshot.py", "incoming.py",
-                                    "outgoing.py", "client_protocol.py"])
+@pytest.mark.parametrize("module", ["member/connection.py", "member/client.py", "member/local.py",
+                                    "member/oneshot.py", "member/incoming.py", "member/outgoing.py",
+                                    "wire/client_protocol.py"])
 def test_no_client_module_searches_an_errors_text(module):
     """Errors travel as types and kinds (DESIGN.md 7), never as text someone searches later."""
     source = (SOURCE / module).read_text()
@@ -148,7 +150,7 @@ def test_no_client_module_searches_an_errors_text(module):
 
 
 def test_an_eof_is_known_by_its_type_or_library_reason():
-    from securechat.connection import _is_eof
+    from securechat.member.connection import _is_eof
 
     assert _is_eof(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))
     unexpected = ssl.SSLError(1, "unexpected eof while reading")
@@ -162,7 +164,7 @@ def test_an_eof_is_known_by_its_type_or_library_reason():
 def test_the_server_serves_its_operator_over_a_plain_socketpair(pki, tmp_path):
     """No certificate on the operator's connection: its identity is given, and the room has it
     before the listener opens (so every client's welcome names the operator)."""
-    from securechat.srv.serve import Server
+    from securechat.server.serve import Server
 
     console = RecordingConsole()
     server = Server(pki, "127.0.0.1", 0, Downloads(tmp_path / "downloads"), console)

@@ -6,7 +6,12 @@ import time
 import pytest
 
 from securechat.errors import ConnectionLost, PeerTooSlow
-from securechat.outbox import CONTROL_LIMIT, DATA_HIGH_WATER, DATA_LOW_WATER, SendQueue
+from securechat.member.outbox import (
+    CONTROL_LIMIT,
+    DATA_HIGH_WATER,
+    DATA_LOW_WATER,
+    SendQueue,
+)
 
 
 def make() -> tuple[SendQueue, list]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from securechat import frames
-from securechat.client_protocol import ClientProtocol
 from securechat.errors import RemoteProtocolError
-from securechat.outgoing import OutgoingFiles
+from securechat.member.outgoing import OutgoingFiles
+from securechat.wire import frames
+from securechat.wire.client_protocol import ClientProtocol
 
 
 def test_accept_past_the_end_is_a_protocol_error(tmp_path):

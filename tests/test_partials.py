@@ -9,14 +9,14 @@ import subprocess
 import time
 
 import pytest
-
-from securechat import frames, partials
-from securechat.errors import TransferError, UsageError
-from securechat.partials import KEEP_FOR, MAX_PER_SENDER, PARTIAL_DIR, Sidecar
-from securechat.transfer import Downloads
-
 from helpers.commands import securechat_command
 from helpers.files import incoming_file, partial_files
+
+from securechat.errors import TransferError, UsageError
+from securechat.files import partials
+from securechat.files.partials import KEEP_FOR, MAX_PER_SENDER, PARTIAL_DIR, Sidecar
+from securechat.files.transfer import Downloads
+from securechat.wire import frames
 
 BYTES_PER_SENDER_ENV = "SECURECHAT_PARTIAL_BYTES_PER_SENDER"  # documented in docs/security.md
 

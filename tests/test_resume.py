@@ -6,8 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.files import MiB, file_sha256, partial_files, random_file, wait_for_temp_file
-from securechat.partials import CHECKPOINT_EVERY
+from helpers.files import (
+    MiB,
+    file_sha256,
+    partial_files,
+    random_file,
+    wait_for_temp_file,
+)
+
+from securechat.files.partials import CHECKPOINT_EVERY
 
 
 def kill_when_received(proc, folder: Path, at_least: int) -> tuple[int, Path]:

@@ -6,8 +6,9 @@ import signal
 
 from helpers.files import random_file as make_file
 from helpers.files import sparse_file, wait_for_temp_file
-from securechat.frames import MAX_TEXT_BYTES
-from securechat.srv.sendqueue import STALL_TIMEOUT
+
+from securechat.server.sendqueue import STALL_TIMEOUT
+from securechat.wire.frames import MAX_TEXT_BYTES
 
 
 def test_four_people_chat_and_swap_photos(room, tmp_path):

@@ -8,12 +8,12 @@ import threading
 import time
 
 import pytest
-
 from helpers.network import RawClient, bye_reason, control_frame
-from securechat import frames
-from securechat.certs import generate
-from securechat.ratelimit import OFFER_BURST, OFFER_RATE
-from securechat.tls import ClientFiles
+
+from securechat.pki.certs import generate
+from securechat.pki.tls import ClientFiles
+from securechat.rooms.ratelimit import OFFER_BURST, OFFER_RATE
+from securechat.wire import frames
 
 CROWD = 40
 

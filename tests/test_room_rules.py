@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers.hall import Hall, presence
-from securechat import frames
+
 from securechat.errors import RemoteProtocolError
-from securechat.identity import same_name
-from securechat.ratelimit import TokenBucket
-from securechat.srv.presence import PRESENCE_INTERVAL
-from securechat.ratelimit import CHAT_BURST, OFFER_BURST, OFFER_RATE
-from securechat.srv.room import ACCEPT_TIMEOUT, MAX_CONNECTIONS_PER_IDENTITY
+from securechat.pki.identity import same_name
+from securechat.rooms.presence import PRESENCE_INTERVAL
+from securechat.rooms.ratelimit import CHAT_BURST, OFFER_BURST, OFFER_RATE, TokenBucket
+from securechat.rooms.room import ACCEPT_TIMEOUT, MAX_CONNECTIONS_PER_IDENTITY
+from securechat.wire import frames
 
 SHA = "ab" * 32
 

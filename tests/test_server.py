@@ -7,11 +7,11 @@ import hashlib
 import time
 
 import pytest
-
 from helpers.files import files_in, sparse_file, wait_for_temp_file
 from helpers.network import bye_reason
-from securechat import frames
-from securechat.partials import PARTIAL_DIR
+
+from securechat.files.partials import PARTIAL_DIR
+from securechat.wire import frames
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securechat import frames
 from securechat.errors import LocalProtocolError, RemoteProtocolError
-from securechat.srv.protocol import MAX_UPLOADS, ServerProtocol
+from securechat.wire import frames
+from securechat.wire.server_protocol import MAX_UPLOADS, ServerProtocol
 
 SHA = "ab" * 32
 HELLO = frames.Hello(version=frames.PROTOCOL_VERSION)

@@ -13,9 +13,9 @@ import hashlib
 import socket
 import threading
 
-from securechat import frames
-from securechat.connection import Connection, connect, tls_handshake
-from securechat.tls import ClientFiles, client_context, server_context
+from securechat.member.connection import Connection, connect, tls_handshake
+from securechat.pki.tls import ClientFiles, client_context, server_context
+from securechat.wire import frames
 
 ROUNDS = 400
 CHUNK = 64 * 1024

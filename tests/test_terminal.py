@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from helpers.commands import securechat_command
 from helpers.terminal import Tmux
 

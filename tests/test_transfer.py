@@ -6,13 +6,12 @@ import hashlib
 import os
 
 import pytest
-
-from securechat import frames
-from securechat.checksums import read_sums
-from securechat.errors import TransferError, UsageError
-from securechat.transfer import Downloads, FileSource, IncomingFile
-
 from helpers.files import files_in, incoming_file
+
+from securechat.errors import TransferError, UsageError
+from securechat.files.checksums import read_sums
+from securechat.files.transfer import Downloads, FileSource, IncomingFile
+from securechat.wire import frames
 
 
 def receive(downloads: Downloads, name: str, data: bytes, sha: str | None = None):

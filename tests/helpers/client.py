@@ -13,8 +13,8 @@ import socket
 import threading
 import time
 
-from securechat import frames
-from securechat.console import Console
+from securechat.ui.console import Console
+from securechat.wire import frames
 
 TIMEOUT = 10.0
 

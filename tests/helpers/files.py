@@ -10,8 +10,8 @@ import time
 import zlib
 from pathlib import Path
 
-from securechat.partials import PARTIAL_DIR
-from securechat.transfer import Downloads, IncomingFile
+from securechat.files.partials import PARTIAL_DIR
+from securechat.files.transfer import Downloads, IncomingFile
 
 MiB = 1024 * 1024
 JPEG_MAGIC = b"\xff\xd8\xff\xe0"  # what makes a file look like a JPEG to sniffing, not a decodable image

@@ -8,10 +8,10 @@ the bytes the protocol produced.
 
 from __future__ import annotations
 
-from securechat import frames
-from securechat.srv.actions import Close, Fanout, PauseReading, Send, SendData
-from securechat.srv.protocol import ServerProtocol
-from securechat.srv.room import Member, Room
+from securechat.rooms.actions import Close, Fanout, PauseReading, Send, SendData
+from securechat.rooms.room import Member, Room
+from securechat.wire import frames
+from securechat.wire.server_protocol import ServerProtocol
 
 OPERATOR = "server"
 

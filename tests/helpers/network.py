@@ -10,10 +10,9 @@ import time
 from collections import deque
 from pathlib import Path
 
-from securechat import frames
-from securechat.tls import ClientFiles, client_context
-
 from helpers.commands import Proc
+from securechat.pki.tls import ClientFiles, client_context
+from securechat.wire import frames
 
 
 def free_port() -> int:

@@ -6,8 +6,8 @@ import socket
 import ssl
 import threading
 
-from securechat.connection import tls_handshake
-from securechat.tls import ClientFiles, peer_identity
+from securechat.member.connection import tls_handshake
+from securechat.pki.tls import ClientFiles, peer_identity
 
 
 def presenting(files: ClientFiles, host_check: bool = True) -> ssl.SSLContext:
