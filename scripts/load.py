@@ -198,10 +198,10 @@ def run_chat(args: argparse.Namespace, certs: Path, names: list[str], folder: Pa
         step["lines_dropped_notices"] = sum(d["notices"] for d in done)
     results["presence"] = {"frames": sum(d["presence_frames"] for d in done),
                            "names": sum(d["presence_names"] for d in done),
-                           "roster_min": min((d["roster"]["min"] for d in done if d["roster"]["min"] is not None),
-                                             default=None),
-                           "roster_max": max((d["roster"]["max"] for d in done if d["roster"]["max"] is not None),
-                                             default=None)}
+                           # As seen after the last round drained, with everyone still here: at "stop"
+                           # one worker's members may already have said bye while another counts.
+                           "roster_min": rounds[-1]["roster_min"] if rounds else None,
+                           "roster_max": rounds[-1]["roster_max"] if rounds else None}
     # Each member sees the others and the operator: as many as there are members, when all got in.
     presence = results["presence"]
     presence["converged"] = presence["roster_min"] == presence["roster_max"] == len(names)
