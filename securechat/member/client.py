@@ -1,8 +1,8 @@
-"""`securechat join` and `send`: a Member (member.py) that connects over TLS,
+"""`securechat join` and `send`: a Member (local.py) that connects over TLS,
 reconnects, and keeps a backlog.
 
 Everything a member does (commands, files both ways, presence, resending)
-is member.py's; this module only opens connections, re-opens them, and keeps
+is local.py's; this module only opens connections, re-opens them, and keeps
 the lines typed meanwhile. A connection that drops without a goodbye is
 re-opened (exponential backoff with jitter, capped at RECONNECT_MAX) unless
 reconnecting is off. Lines typed meanwhile wait in a bounded backlog and go

@@ -1,6 +1,6 @@
 """Files arriving at one member: offer, chunks, end (or abort), verdict.
 
-Used by every local member (`join`, the server's operator: member.py). Each
+Used by every local member (`join`, the server's operator: local.py). Each
 call returns a Verdict when the transfer is decided, which the member reports
 (as an event: `verdict_event`) and sends back as a Result; a Verdict for a
 refused offer comes back at once. Which frames may arrive for which id is the

@@ -7,7 +7,7 @@ SSLSockets), drives TLS handshakes with a deadline, hands each decoded frame
 to the connection's ServerProtocol and then the pure Room, and carries out the
 room's actions. Frames queued for one connection during a turn leave in one
 write at its end. Nothing here waits: the operator's disk I/O and hashing run
-in the operator's own threads, on the far side of a socketpair (member.py).
+in the operator's own threads, on the far side of a socketpair (member/local.py).
 
 Flow control: a chunk relayed to a recipient whose data lane is full stops
 reading from the sender until that lane drains; a recipient that stays full and

@@ -2,7 +2,7 @@
 
 The loop (loop.py) owns every client socket on one thread. The operator is a
 member like any other, over a socketpair: its typing, its files and their
-hashing run on its own threads (member.py) and never stall the room.
+hashing run on its own threads (member/local.py) and never stall the room.
 """
 
 from __future__ import annotations

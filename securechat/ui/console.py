@@ -248,7 +248,7 @@ def describe_undelivered(failures) -> str:
 def show_message(console: Console, message: frames.Frame) -> bool:
     """Report a room message (chat, arrivals, departures...); False if it is not one."""
     from securechat.member.local import (
-        room_events,  # member.py never imports the console: it only makes events
+        room_events,  # member/local.py never imports the console: it only makes events
     )
 
     events = room_events(message)
