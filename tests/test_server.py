@@ -108,11 +108,10 @@ def test_identity_comes_from_the_certificate_not_the_frame(room, raw_client):
     assert event["from"] == "dave"
 
 
-def test_silent_connection_is_closed_after_the_hello_timeout(room, raw_client):
+def test_silent_connection_is_closed_after_the_hello_timeout(make_room, raw_client):
+    room = make_room("--login-grace", "2")
     raw = raw_client(room.port)  # handshake done, then says nothing
-    started = time.monotonic()
-    assert "no hello" in bye_reason(raw.frames_until_closed(timeout=25))
-    assert time.monotonic() - started < 20
+    assert "no hello within 2 s" in bye_reason(raw.frames_until_closed(timeout=25))
 
 
 def test_chat_overtakes_a_large_transfer(room, tmp_path):

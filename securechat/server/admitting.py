@@ -16,7 +16,7 @@ import ssl
 
 from securechat.errors import SecureChatError
 from securechat.member.connection import tune_socket
-from securechat.pki.tls import HANDSHAKE_TIMEOUT, describe_tls_failure
+from securechat.pki.tls import describe_tls_failure
 from securechat.rooms.room import Member
 from securechat.server.admission import (
     BYE_REVOKED,
@@ -28,7 +28,9 @@ from securechat.server.links import Link, State
 from securechat.wire import frames
 from securechat.wire.server_protocol import ServerProtocol
 
-HELLO_TIMEOUT = 10.0
+# Seconds a new connection gets for its TLS handshake, and again for its hello (sshd's
+# LoginGraceTime): a silent or dribbling peer holds an admission slot no longer.
+LOGIN_GRACE = 10.0
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
@@ -55,7 +57,7 @@ class Admitting:
             raw.setblocking(False)
             sock = self.crl.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
             now = self._clock()
-            link = Link(sock, addr[0], source, State.HANDSHAKE, now + HANDSHAKE_TIMEOUT, now)
+            link = Link(sock, addr[0], source, State.HANDSHAKE, now + self.grace, now)
             self._links.add(link)
             self._unsettled.add(link)
             self._watch(link, _READ)
@@ -101,7 +103,7 @@ class Admitting:
 
     def _open(self, link: Link, name: str) -> None:
         link.state = State.GREETING
-        link.deadline = None if link.operator else self._clock() + HELLO_TIMEOUT
+        link.deadline = None if link.operator else self._clock() + self.grace
         link.protocol = ServerProtocol(name, self.software)
         link.member = Member(name, operator=link.operator, link=link)
         self._links.add(link)

@@ -22,11 +22,10 @@ import time
 from typing import Callable
 
 from securechat.errors import ConnectionLost, LocalProtocolError, RemoteProtocolError
-from securechat.pki.tls import HANDSHAKE_TIMEOUT
 from securechat.rooms.actions import Action, Close, Fanout, PauseReading, Send, SendData
 from securechat.rooms.room import Room
 from securechat.server.admission import Admissions, CrlInForce
-from securechat.server.admitting import HELLO_TIMEOUT, Admitting
+from securechat.server.admitting import LOGIN_GRACE, Admitting
 from securechat.server.ending import Ending
 from securechat.server.links import Link, State
 from securechat.server.sendqueue import STALL_TIMEOUT
@@ -41,8 +40,9 @@ Report = Callable[..., None]  # console.event-like: report("refused", peer=..., 
 
 class Loop(Admitting, Ending):
     def __init__(self, room: Room, crl: CrlInForce, software: str, report: Report, log_error: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, grace: float = LOGIN_GRACE) -> None:
         self.room = room
+        self.grace = grace  # seconds for the TLS handshake, and again for the hello after it
         self.crl = crl
         self.software = software
         self._report = report
@@ -323,9 +323,9 @@ class Loop(Admitting, Ending):
         for link in list(self._unsettled | self._holding):
             if link.deadline is not None and now >= link.deadline:
                 if link.state is State.HANDSHAKE:
-                    self._refused(link, "?", f"no TLS handshake within {HANDSHAKE_TIMEOUT:.0f} s")
+                    self._refused(link, "?", f"no TLS handshake within {self.grace:g} s")
                 elif link.state is State.GREETING:
-                    self._drop(link, f"protocol error: no hello within {HELLO_TIMEOUT:.0f} s", send_bye=True)
+                    self._drop(link, f"protocol error: no hello within {self.grace:g} s", send_bye=True)
                 elif link.state is State.CLOSING:
                     self._linger(link)
                 else:

@@ -18,6 +18,7 @@ from securechat.files.transfer import Downloads
 from securechat.pki.certfiles import CertsLayout, common_name
 from securechat.rooms.room import Room
 from securechat.server.admission import CrlInForce
+from securechat.server.admitting import LOGIN_GRACE
 from securechat.server.loop import Loop
 from securechat.ui.console import Console
 
@@ -44,13 +45,13 @@ def _raise_open_file_limit() -> None:
 
 class Server:
     def __init__(self, certs: Path, host: str, port: int, downloads: Downloads, console: Console,
-                 attach_operator=None) -> None:
+                 attach_operator=None, login_grace: float = LOGIN_GRACE) -> None:
         self.certs = certs
         self.host, self.port = host, port
         self.console = console
         name = common_name(CertsLayout(certs).server_cert)
         self.room = Room(name, time.monotonic())
-        self.loop = Loop(self.room, CrlInForce(certs), SOFTWARE, console.event, console.error)
+        self.loop = Loop(self.room, CrlInForce(certs), SOFTWARE, console.event, console.error, grace=login_grace)
         ours, theirs = socket.socketpair()
         self.loop.attach_local(theirs, name)
         if attach_operator is None:

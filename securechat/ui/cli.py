@@ -37,6 +37,7 @@ from securechat.pki.certfiles import (
     key_is_encrypted,
 )
 from securechat.pki.tls import ClientFiles
+from securechat.server.admitting import LOGIN_GRACE
 from securechat.server.serve import Server
 from securechat.ui.commands import (
     Command,
@@ -234,15 +235,19 @@ def serve(
     json_output: bool = JSON_OUTPUT,
     preview: bool = PREVIEW,
     open_images: bool = OPEN_IMAGES,
+    login_grace: float = typer.Option(LOGIN_GRACE, "--login-grace", metavar="SECONDS",
+                                      help="Time a new connection has for its TLS handshake, and again for its hello."),
 ) -> None:
     """Run the TLS 1.3 room; the operator at this terminal chats and sends files too."""
     _prepare_stdout()
     if not 0 <= port <= 65535:
         raise UsageError(f"port {port} is out of range (0 to 65535; 0 picks a free one)")
+    if not 0.5 <= login_grace <= 600:
+        raise UsageError(f"--login-grace {login_grace:g} is out of range: give 0.5 to 600 seconds")
     interactive = _is_terminal() and not json_output
     console = _make_console(json_output, interactive, preview, open_images)
     limit = parse_size(max_file_size) if max_file_size else None
-    server = Server(certs, host, port, Downloads(downloads, limit), console)
+    server = Server(certs, host, port, Downloads(downloads, limit), console, login_grace=login_grace)
     bound_host, bound_port = server.bind()
     console.event("listening", host=bound_host, port=bound_port, name=server.operator.name)
     server.start()
