@@ -11,14 +11,10 @@ import signal
 from pathlib import Path
 
 import pytest
+
 from helpers.commands import Proc
 from helpers.network import CuttingProxy, RawClient, Room
-from helpers.processes import (  # noqa: F401  (applied here)
-    no_process_left_behind,
-    pytest_configure,
-    pytest_sessionfinish,
-)
-
+from helpers.processes import no_process_left_behind, pytest_configure, pytest_sessionfinish  # noqa: F401  (applied here)
 from securechat.files.transfer import Downloads
 from securechat.pki.certs import generate
 from securechat.pki.tls import ClientFiles

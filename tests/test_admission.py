@@ -16,19 +16,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from helpers.tls import presenting
 
+from helpers.tls import presenting
 from securechat.errors import REVOKED_MESSAGE, ConnectionFailed, FailureKind
 from securechat.member.client import _is_final
-from securechat.pki.certs import (
-    CertsLayout,
-    _build,
-    generate,
-    load_cert,
-    load_key,
-    new_key,
-    save_pair,
-)
+from securechat.pki.certs import CertsLayout, _build, generate, load_cert, load_key, new_key, save_pair
 from securechat.pki.tls import ClientFiles, client_context
 from securechat.server.admission import Admissions, source_key
 from securechat.server.revocation import revoke

@@ -11,10 +11,10 @@ import threading
 import time
 
 import pytest
+
 from helpers.files import sparse_file
 from helpers.hall import presence
 from helpers.network import RawClient
-
 from securechat.pki.certfiles import CertsLayout
 from securechat.pki.certs import generate, issue_client, load_cert, load_key, save_pair
 from securechat.wire import frames

@@ -14,13 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers.processes import (
-    processes_of_this_run,
-    run_script,
-    stop_leftovers,
-    stop_process_group,
-)
 
+from helpers.processes import processes_of_this_run, run_script, stop_leftovers, stop_process_group
 from securechat.pki.certs import generate
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"

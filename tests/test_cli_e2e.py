@@ -9,15 +9,9 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers.commands import run
-from helpers.files import (
-    JPEG_MAGIC,
-    files_in,
-    partial_files,
-    random_file,
-    sparse_file,
-    wait_for_temp_file,
-)
+from helpers.files import JPEG_MAGIC, files_in, partial_files, random_file, sparse_file, wait_for_temp_file
 
 
 def assert_no_traceback(*texts: str) -> None:

@@ -16,8 +16,8 @@ import subprocess
 import threading
 
 import pytest
-from helpers.commands import securechat_command
 
+from helpers.commands import securechat_command
 from securechat.pki.tls import server_context
 from securechat.wire import frames
 

@@ -5,17 +5,7 @@ from pathlib import Path
 import pytest
 
 from securechat.errors import UsageError
-from securechat.ui.commands import (
-    DEFAULT_IMAGE,
-    Help,
-    PrivateMessage,
-    Quit,
-    Say,
-    SendFile,
-    Who,
-    parse,
-    read_commands,
-)
+from securechat.ui.commands import DEFAULT_IMAGE, Help, PrivateMessage, Quit, Say, SendFile, Who, parse, read_commands
 from securechat.wire.frames import MAX_TEXT_BYTES
 
 

@@ -20,11 +20,7 @@ from hypothesis import strategies as st
 
 from securechat.pki import der
 from securechat.pki.certs import CertsLayout, load_cert
-from securechat.pki.identity import (
-    client_certificate_problem,
-    name_problem,
-    server_certificate_problem,
-)
+from securechat.pki.identity import client_certificate_problem, name_problem, server_certificate_problem
 from securechat.server.revocation import revoke, revoked_serials
 
 

@@ -5,15 +5,8 @@ from __future__ import annotations
 import signal
 import time
 
-from helpers.files import (
-    file_sha256,
-    files_in,
-    partial_files,
-    sparse_file,
-    wait_for_temp_file,
-)
+from helpers.files import file_sha256, files_in, partial_files, sparse_file, wait_for_temp_file
 from helpers.network import free_port
-
 from securechat.files.partials import PARTIAL_DIR
 
 

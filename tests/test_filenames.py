@@ -2,12 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from securechat.files.filenames import (
-    FALLBACK_NAME,
-    MAX_FILENAME_BYTES,
-    numbered_alternative,
-    safe_filename,
-)
+from securechat.files.filenames import FALLBACK_NAME, MAX_FILENAME_BYTES, numbered_alternative, safe_filename
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.network import control_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.network import control_frame
 from securechat.errors import LocalProtocolError, RemoteProtocolError
 from securechat.wire import frames
 

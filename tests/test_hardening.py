@@ -14,8 +14,8 @@ import threading
 import time
 
 import pytest
-from helpers.files import files_in
 
+from helpers.files import files_in
 from securechat.files.filenames import safe_filename
 from securechat.files.partials import PARTIAL_DIR
 from securechat.wire import frames

@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.commands import run
 
+from helpers.commands import run
 from securechat.pki.certs import CertsLayout
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-from helpers.files import jpeg, png
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.files import jpeg, png
 from securechat.files.images import ImageInfo, extension_mismatch, sniff
 
 SAMPLES = {

@@ -8,6 +8,7 @@ import shutil
 import time
 
 import pytest
+
 from helpers.commands import securechat_command
 from helpers.files import sparse_file
 from helpers.terminal import Tmux

@@ -10,8 +10,8 @@ import ssl
 from pathlib import Path
 
 import pytest
-from helpers.client import RecordingConsole, ServerEnd
 
+from helpers.client import RecordingConsole, ServerEnd
 from securechat.files.transfer import Downloads
 from securechat.member.local import attach_operator
 from securechat.ui.commands import PrivateMessage, Quit, Say, SendFile, Who

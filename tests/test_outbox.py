@@ -6,12 +6,7 @@ import time
 import pytest
 
 from securechat.errors import ConnectionLost, PeerTooSlow
-from securechat.member.outbox import (
-    CONTROL_LIMIT,
-    DATA_HIGH_WATER,
-    DATA_LOW_WATER,
-    SendQueue,
-)
+from securechat.member.outbox import CONTROL_LIMIT, DATA_HIGH_WATER, DATA_LOW_WATER, SendQueue
 
 
 def make() -> tuple[SendQueue, list]:

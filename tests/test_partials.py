@@ -9,9 +9,9 @@ import subprocess
 import time
 
 import pytest
+
 from helpers.commands import securechat_command
 from helpers.files import incoming_file, partial_files
-
 from securechat.errors import TransferError, UsageError
 from securechat.files import partials
 from securechat.files.partials import KEEP_FOR, MAX_PER_SENDER, PARTIAL_DIR, Sidecar

@@ -6,14 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers.files import (
-    MiB,
-    file_sha256,
-    partial_files,
-    random_file,
-    wait_for_temp_file,
-)
-
+from helpers.files import MiB, file_sha256, partial_files, random_file, wait_for_temp_file
 from securechat.files.partials import CHECKPOINT_EVERY
 
 

@@ -13,19 +13,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from helpers.commands import securechat_command
 from helpers.tls import OneShotServer, presenting
-
 from securechat.errors import ConnectionFailed
 from securechat.member.connection import connect
-from securechat.pki.certs import (
-    CertsLayout,
-    generate,
-    load_cert,
-    load_key,
-    new_key,
-    save_pair,
-)
+from securechat.pki.certs import CertsLayout, generate, load_cert, load_key, new_key, save_pair
 from securechat.pki.tls import ClientFiles, client_context, server_context
 
 

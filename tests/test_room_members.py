@@ -8,8 +8,8 @@ import threading
 import time
 
 import pytest
-from helpers.network import RawClient, bye_reason, control_frame
 
+from helpers.network import RawClient, bye_reason, control_frame
 from securechat.pki.certs import generate
 from securechat.pki.tls import ClientFiles
 from securechat.rooms.ratelimit import OFFER_BURST, OFFER_RATE

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from helpers.hall import Hall, presence
 
+from helpers.hall import Hall, presence
 from securechat.errors import RemoteProtocolError
 from securechat.pki.identity import same_name
 from securechat.rooms.presence import PRESENCE_INTERVAL

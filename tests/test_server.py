@@ -7,9 +7,9 @@ import hashlib
 import time
 
 import pytest
+
 from helpers.files import files_in, sparse_file, wait_for_temp_file
 from helpers.network import bye_reason
-
 from securechat.files.partials import PARTIAL_DIR
 from securechat.wire import frames
 

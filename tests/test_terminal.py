@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
 from helpers.commands import securechat_command
 from helpers.terminal import Tmux
 

@@ -6,17 +6,12 @@ import socket
 import ssl
 
 import pytest
-from helpers.tls import OneShotServer, presenting
 
+from helpers.tls import OneShotServer, presenting
 from securechat.errors import CertificateError, ConnectionFailed
 from securechat.member.connection import connect
 from securechat.pki.certs import CertsLayout
-from securechat.pki.tls import (
-    ClientFiles,
-    client_context,
-    peer_identity,
-    server_context,
-)
+from securechat.pki.tls import ClientFiles, client_context, peer_identity, server_context
 
 
 def test_mutual_handshake_identifies_the_client(pki):

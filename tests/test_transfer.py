@@ -6,8 +6,8 @@ import hashlib
 import os
 
 import pytest
-from helpers.files import files_in, incoming_file
 
+from helpers.files import files_in, incoming_file
 from securechat.errors import TransferError, UsageError
 from securechat.files.checksums import read_sums
 from securechat.files.transfer import Downloads, FileSource, IncomingFile

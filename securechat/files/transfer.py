@@ -26,11 +26,7 @@ from typing import Callable, Iterator
 from securechat.errors import TransferError, UsageError
 from securechat.files.checksums import append_sum
 from securechat.files.filenames import numbered_alternative, safe_filename
-from securechat.files.partials import (
-    CHECKPOINT_EVERY,
-    PartialStore,
-    bytes_per_sender_setting,
-)
+from securechat.files.partials import CHECKPOINT_EVERY, PartialStore, bytes_per_sender_setting
 from securechat.wire import frames
 
 FREE_SPACE_RESERVE = 64 * 1024 * 1024  # never fill the disk to the last byte

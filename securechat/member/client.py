@@ -24,13 +24,7 @@ import threading
 import time
 from collections import deque
 
-from securechat.errors import (
-    REVOKED_MESSAGE,
-    ConnectionFailed,
-    ConnectionLost,
-    FailureKind,
-    RemoteProtocolError,
-)
+from securechat.errors import REVOKED_MESSAGE, ConnectionFailed, ConnectionLost, FailureKind, RemoteProtocolError
 from securechat.files.transfer import Downloads
 from securechat.member.connection import HELLO_TIMEOUT, Connection, connect
 from securechat.member.local import Member

@@ -40,23 +40,9 @@ from typing import Any, Protocol
 from securechat.errors import ConnectionLost, TransferError
 from securechat.files.transfer import Downloads
 from securechat.member.connection import HELLO_TIMEOUT, Connection
-from securechat.member.incoming import (
-    IncomingFiles,
-    Verdict,
-    incoming_events,
-    verdict_event,
-)
+from securechat.member.incoming import IncomingFiles, Verdict, incoming_events, verdict_event
 from securechat.member.outgoing import OutgoingFiles, Retry
-from securechat.ui.commands import (
-    HELP,
-    Command,
-    Help,
-    PrivateMessage,
-    Quit,
-    Say,
-    SendFile,
-    Who,
-)
+from securechat.ui.commands import HELP, Command, Help, PrivateMessage, Quit, Say, SendFile, Who
 from securechat.wire import frames
 from securechat.wire.client_protocol import ClientProtocol
 

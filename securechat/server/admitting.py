@@ -18,12 +18,7 @@ from securechat.errors import SecureChatError
 from securechat.member.connection import tune_socket
 from securechat.pki.tls import describe_tls_failure
 from securechat.rooms.room import Member
-from securechat.server.admission import (
-    BYE_REVOKED,
-    REVOKED_REASON,
-    check_peer,
-    source_key,
-)
+from securechat.server.admission import BYE_REVOKED, REVOKED_REASON, check_peer, source_key
 from securechat.server.links import Link, State
 from securechat.wire import frames
 from securechat.wire.server_protocol import ServerProtocol

@@ -39,15 +39,7 @@ from securechat.pki.certfiles import (
 from securechat.pki.tls import ClientFiles
 from securechat.server.admitting import LOGIN_GRACE
 from securechat.server.serve import Server
-from securechat.ui.commands import (
-    Command,
-    PrivateMessage,
-    Quit,
-    Say,
-    parse,
-    read_commands,
-    stdin_lines,
-)
+from securechat.ui.commands import Command, PrivateMessage, Quit, Say, parse, read_commands, stdin_lines
 from securechat.ui.config import default_map
 from securechat.ui.console import Console, describe_undelivered, visible
 
@@ -184,9 +176,7 @@ def gen_certs(
     if protect_ca and not creating_ca and not key_is_encrypted(layout.ca_key):
         raise UsageError(f"{layout.ca_key} exists unprotected; --protect-ca only applies to a new CA")
     passphrase = _ca_passphrase(layout, creating=creating_ca and protect_ca)
-    from securechat.pki.certs import (
-        generate,  # cryptography: only the commands that make certificates load it
-    )
+    from securechat.pki.certs import generate  # cryptography: only the commands that make certificates load it
 
     report = generate(out, client, server_name, days, force, passphrase)
     for item in report:
@@ -292,9 +282,7 @@ def _make_console(json_output: bool, interactive: bool, preview: bool, open_imag
 
         require_pillow()
     if interactive:
-        from securechat.ui.interactive import (
-            InteractiveConsole,  # prompt_toolkit and rich: only for a person
-        )
+        from securechat.ui.interactive import InteractiveConsole  # prompt_toolkit and rich: only for a person
 
         return InteractiveConsole(preview=preview, open_images=open_images)
     return Console(json_output, preview=preview, open_images=open_images)

@@ -168,10 +168,7 @@ class Console:
             self._show_image(fields)
 
     def _show_image(self, fields: dict[str, Any]) -> None:
-        from securechat.ui.preview import (  # Pillow: only when asked for
-            half_block_lines,
-            open_in_viewer,
-        )
+        from securechat.ui.preview import half_block_lines, open_in_viewer  # Pillow: only when asked for
 
         path = fields["path"]
         notes = []
@@ -247,9 +244,7 @@ def describe_undelivered(failures) -> str:
 
 def show_message(console: Console, message: frames.Frame) -> bool:
     """Report a room message (chat, arrivals, departures...); False if it is not one."""
-    from securechat.member.local import (
-        room_events,  # member/local.py never imports the console: it only makes events
-    )
+    from securechat.member.local import room_events  # member/local.py never imports the console: it only makes events
 
     events = room_events(message)
     for event, fields in events or ():
