@@ -6,7 +6,7 @@ import signal
 
 from helpers.files import random_file as make_file
 from helpers.files import sparse_file, wait_for_temp_file
-from securechat.server.sendqueue import STALL_TIMEOUT
+from securechat.server.writequeue import STALL_TIMEOUT
 from securechat.wire.frames import MAX_TEXT_BYTES
 
 

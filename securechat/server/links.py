@@ -19,7 +19,7 @@ import ssl
 from securechat.errors import ConnectionLost, FailureKind
 from securechat.pki.tls import describe_tls_failure, tls_failure_kind
 from securechat.rooms.room import Member
-from securechat.server.sendqueue import SendQueue
+from securechat.server.writequeue import WriteQueue
 from securechat.wire import frames
 from securechat.wire.server_protocol import ServerProtocol
 
@@ -49,7 +49,7 @@ class Link:
         self.decoder = frames.FrameDecoder()
         self.protocol: ServerProtocol | None = None
         self.member: Member | None = None
-        self.queue = SendQueue(now)
+        self.queue = WriteQueue(now)
         self.paused_until = 0.0  # read nothing before this time (offer pacing)
         self.waiting_on: set[Link] = set()  # recipients whose full queues hold this sender
         self.blocking: set[Link] = set()  # senders held by this link's full queue

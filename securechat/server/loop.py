@@ -28,7 +28,7 @@ from securechat.server.admission import Admissions, CrlInForce
 from securechat.server.admitting import LOGIN_GRACE, Admitting
 from securechat.server.ending import Ending
 from securechat.server.links import Link, State
-from securechat.server.sendqueue import STALL_TIMEOUT
+from securechat.server.writequeue import STALL_TIMEOUT
 from securechat.wire import frames
 
 CRL_POLL_INTERVAL = 0.5  # seconds between checks for a changed CRL, to drop revoked members

@@ -25,7 +25,7 @@ COALESCE_LIMIT = 256 * 1024  # bytes of small frames joined into one write
 _SMALL = 16 * 1024  # frames up to this size are joined with their neighbours
 
 
-class SendQueue:
+class WriteQueue:
     __slots__ = ("_control", "_control_bytes", "_data", "_data_bytes", "_current", "progress_at")
 
     def __init__(self, now: float) -> None:
