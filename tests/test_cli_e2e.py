@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -215,6 +216,12 @@ def test_human_and_json_output_escape_terminal_controls(room, flag, pki, procs, 
     carol = procs(args + ([flag] if flag else []), tmp_path)
     room.server.wait_event("joined", name="carol")
     room.server.send("evil \x1b[2J\x1b]0;pwned\x07 \u202eexe.pdf done")
+    # The operator's line travels through the server's loop, carol's "bye" from another process:
+    # carol leaves only once the line has reached her (bounded).
+    deadline = time.monotonic() + 20
+    while not any(e.get("event") == "message" or "evil" in e.get("line", "") for e in carol.events):
+        assert time.monotonic() < deadline, carol.events
+        time.sleep(0.05)
     carol.send("bye")
     room.server.wait_event("message", text="bye")
     carol.close_stdin()

@@ -48,9 +48,14 @@ class Admitting:
                 if self._admissions.should_report(source, self._clock()):
                     self._report("refused", peer=addr[0], reason=refusal)
                 continue
-            tune_socket(raw)
-            raw.setblocking(False)
-            sock = self.crl.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            try:
+                tune_socket(raw)
+                raw.setblocking(False)
+                sock = self.crl.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            except OSError:  # reset before we got to it: nothing to say, and to nobody
+                raw.close()
+                self._admissions.leave(source)
+                continue
             now = self._clock()
             link = Link(sock, addr[0], source, State.HANDSHAKE, now + self.grace, now)
             self._links.add(link)

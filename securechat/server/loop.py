@@ -99,7 +99,10 @@ class Loop(Admitting, Ending):
 
     def run(self) -> None:
         while self._stop_reason is None:
-            self._turn()
+            try:
+                self._turn()
+            except Exception as exc:  # a bug must not end the room for everyone: log it, go on
+                self._log_error(f"internal error in the server loop: {exc!r}")
         self._shutdown(self._stop_reason)
 
     def _turn(self) -> None:
