@@ -200,11 +200,7 @@ class Loop(Admitting, Ending):
             elif isinstance(frame, frames.Bye):
                 self._drop(link, "", send_bye=False, clean=True)
             else:
-                self._current_sender = link
-                try:
-                    self._act(self.room.handle(link.member, frame, now))
-                finally:
-                    self._current_sender = None
+                self._act(self.room.handle(link.member, frame, now), sender=link)
 
     def _greeted(self, link: Link, hello: frames.Hello, now: float) -> None:
         assert link.member is not None and link.protocol is not None
@@ -218,7 +214,9 @@ class Loop(Admitting, Ending):
 
     # ------------------------------------------------------------ the room's actions
 
-    def _act(self, actions: list[Action]) -> None:
+    def _act(self, actions: list[Action], sender: Link | None = None) -> None:
+        """Carry out the room's actions; `sender`: the link whose frame caused them, held back
+        (not read) while a recipient's data lane it fed is full."""
         now = self._clock()
         for action in actions:
             kind = type(action)
@@ -229,7 +227,7 @@ class Loop(Admitting, Ending):
                     if member is not skip:
                         self._queue_control(member.link, frame)
             elif kind is SendData:
-                self._queue_data(action.to.link, action.frame, now)
+                self._queue_data(action.to.link, action.frame, now, sender)
             elif kind is Send:
                 link = action.to.link
                 if link.state is State.CLOSED or link.protocol is None:
@@ -241,7 +239,7 @@ class Loop(Admitting, Ending):
                     self._drop(link, "internal error", send_bye=True)
                     continue
                 if action.stream:
-                    self._queue_data(link, encoded, now)
+                    self._queue_data(link, encoded, now, sender)
                 else:
                     self._queue_control(link, encoded)
             elif kind is PauseReading:
@@ -260,19 +258,15 @@ class Loop(Admitting, Ending):
             return
         self._dirty.add(link)
 
-    def _queue_data(self, link: Link, frame: bytes, now: float) -> None:
+    def _queue_data(self, link: Link, frame: bytes, now: float, sender: Link | None) -> None:
         if link.state not in (State.GREETING, State.OPEN):
             return
         self._dirty.add(link)
         if not link.queue.put_data(frame, now):
-            # Full: whoever is being read right now (the sender of this chunk) waits for it.
-            sender = self._current_sender
             if sender is not None and sender is not link:
                 sender.waiting_on.add(link)
                 link.blocking.add(sender)
                 self._holding.add(link)
-
-    _current_sender: Link | None = None
 
     # ------------------------------------------------------------ writing
 
